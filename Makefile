@@ -1,0 +1,26 @@
+# Two commands on a fresh machine with python3 (>= 3.10) and pip:
+#   make run    trains the default experiment (extra Hydra overrides: make run ARGS="weighting=ew trainer.epochs=1")
+#   make test   runs the test suite
+# Both create (or reuse) the virtual environment .venv and install okd with its dependencies.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.okd-installed
+
+.PHONY: run test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python run.py $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

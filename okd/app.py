@@ -1,0 +1,56 @@
+"""From a composed Hydra config to a finished run: instantiate every object, then ``Trainer.fit``.
+
+This is the only module that reads the config; every object it builds receives plain arguments
+(``_convert_="all"`` turns nested config nodes into dicts and lists).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from okd.data.base import DataBundle
+from okd.engine.trainer import RunContext, Trainer
+from okd.tasks import build_tasks
+
+
+def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> tuple[Trainer, RunContext]:
+    """Instantiate dataset, tasks, model, weighting, distiller, logger and trainer from ``cfg``."""
+    data = _instantiate(cfg.dataset, "dataset")
+    if not isinstance(data, DataBundle):
+        raise TypeError(f"dataset config must build an okd.data.base.DataBundle, got {type(data).__name__}")
+    tasks = build_tasks(data.tasks, data.num_classes)
+    model = _instantiate(cfg.backbone, "backbone", tasks=tasks)
+    weighting = _instantiate(cfg.weighting, "weighting")
+    distiller = _instantiate(cfg.kd, "kd")
+    logger = _instantiate(cfg.logger, "logger")
+    trainer = _instantiate(cfg.trainer, "trainer")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    ctx = RunContext(
+        model=model, tasks=tasks, data=data, weighting=weighting, distiller=distiller, logger=logger,
+        run_dir=Path(run_dir), seed=int(cfg.seed), config=config, choices=dict(choices or {}),
+    )
+    return trainer, ctx
+
+
+def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    trainer, ctx = build(cfg, run_dir, choices)
+    return trainer.fit(ctx)
+
+
+def _instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """Instantiate one group's object; name the group when its arguments are wrong."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except Exception as err:
+        # Hydra wraps the constructor's own error; surface the innermost cause with the group.
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise ConfigError(f"{group}: {cause}") from err
+
+
+class ConfigError(ValueError):
+    """A config value that the object it configures rejected."""

@@ -1,0 +1,421 @@
+"""The training loop: epochs of train-then-evaluate, checkpoints, and result files.
+
+The trainer knows no method by name. Per step it runs ONE student forward pass, computes the task
+losses, asks the distiller for its extra loss (teachers train there), lets the weighting perform the
+backward pass, and steps the optimizer. Per-step values stay on the device; the host syncs once per
+epoch (and every ``log_every_n_steps`` for the progress bar).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from okd.data.base import DataBundle
+from okd.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from okd.kd.base import Distiller, NoDistillation
+from okd.logging import Logger, NullLogger, RunRecorder, format_epoch_table, log_stream
+from okd.models.base import MultiTaskModel
+from okd.tasks import Task, metric_directions
+from okd.weighting.base import BoundModel, Weighting
+
+CHECKPOINT_VERSION = 1
+
+
+def select_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={device!r} but no CUDA device is available; use auto or cpu")
+    return chosen
+
+
+@dataclass
+class RunContext:
+    """Everything a fit needs besides the trainer's own settings (built by okd.app)."""
+
+    model: MultiTaskModel
+    tasks: list[Task]
+    data: DataBundle
+    weighting: Weighting
+    run_dir: Path
+    distiller: Distiller = field(default_factory=NoDistillation)
+    logger: Logger = field(default_factory=NullLogger)
+    seed: int = 0
+    config: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Epoch loop with Adam/StepLR-style optimizers given as factories (Hydra ``_partial_``)."""
+
+    def __init__(
+        self,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        epochs: int = 5,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        device: str = "auto",
+        resume: bool = False,
+        monitor: str = "loss",
+        eval_splits: Sequence[str] | None = None,
+        progress: bool = True,
+        log_every_n_steps: int = 25,
+        deterministic: bool = False,
+        drop_last: bool = False,
+    ) -> None:
+        _check_positive("trainer.epochs", epochs)
+        _check_positive("trainer.batch_size", batch_size)
+        if eval_batch_size is not None:
+            _check_positive("trainer.eval_batch_size", eval_batch_size)
+        if num_workers < 0:
+            raise ValueError(f"trainer.num_workers must be >= 0, got {num_workers}")
+        _check_positive("trainer.log_every_n_steps", log_every_n_steps)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.device_name = device
+        self.resume = resume
+        self.monitor = monitor
+        self.eval_splits = list(eval_splits) if eval_splits is not None else None
+        self.progress = progress
+        self.log_every_n_steps = log_every_n_steps
+        self.deterministic = deterministic
+        self.drop_last = drop_last
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self, ctx: RunContext) -> dict[str, Any]:
+        """Train ``ctx.model`` and write metrics.jsonl, summary.json and checkpoints in ctx.run_dir."""
+        self.ctx = ctx
+        self.device = select_device(self.device_name)
+        self._validate(ctx)
+        seed_everything(ctx.seed)
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        model = ctx.model.to(self.device)
+        ctx.weighting.bind(BoundModel(
+            task_names=[t.name for t in ctx.tasks],
+            shared_parameters=model.shared_parameters(),
+            task_parameters=model.task_parameters(),
+            last_shared_parameters=model.last_shared_parameters(),
+        ))
+        ctx.weighting.to(self.device)
+        ctx.distiller.setup(model, ctx.tasks, self.device)
+        self.optimizer = self.optimizer_factory(
+            [{"params": [p for p in model.parameters() if p.requires_grad]}]
+            + ctx.distiller.student_param_groups()
+            + ctx.weighting.param_groups()
+        )
+        self.scheduler = self.scheduler_factory(self.optimizer) if self.scheduler_factory else None
+        self.recorder = RunRecorder(ctx.run_dir)
+        self.checkpoint_dir = Path(ctx.run_dir) / "checkpoints"
+        self.directions = metric_directions(ctx.tasks)
+        self.train_loader = self._loader(ctx.data.train, self.batch_size, shuffle=True)
+        splits = self.eval_splits or list(ctx.data.eval_splits)
+        self.eval_loaders = {s: self._loader(ctx.data.eval_splits[s], self.eval_batch_size, shuffle=False)
+                             for s in splits}
+
+        start_epoch, self.best, wandb_id = 0, None, None
+        if self.resume:
+            start_epoch, wandb_id = self._restore()
+        ctx.logger.start(Path(ctx.run_dir), ctx.config, resume_id=wandb_id)
+        self._announce(start_epoch)
+        started = time.perf_counter()
+        epoch_times: list[float] = []
+        exit_code = 1
+        try:
+            for epoch in range(start_epoch, self.epochs):
+                epoch_times.append(self._run_epoch(epoch))
+            summary = self._summary(time.perf_counter() - started, epoch_times)
+            self.recorder.write_summary(summary)
+            ctx.logger.summary(_flat_summary(summary))
+            exit_code = 0
+        finally:
+            ctx.logger.finish(exit_code)
+        self._farewell()
+        return summary
+
+    # ------------------------------------------------------------------------------------------
+    def _run_epoch(self, epoch: int) -> float:
+        ctx = self.ctx
+        t0 = time.perf_counter()
+        train_losses, train_weights = self._train_epoch(epoch)
+        ctx.weighting.on_epoch_end(epoch, train_losses, ctx.distiller.reference_losses())
+        kd_logs = ctx.distiller.on_epoch_end(epoch)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        train_time = time.perf_counter() - t0
+
+        names = [t.name for t in ctx.tasks]
+        losses, weights = train_losses.tolist(), train_weights.tolist()
+        for name, value in zip(names, losses):
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"the training loss of task {name!r} is {value} in epoch {epoch}; stopping "
+                    f"(last good checkpoint: {self.checkpoint_dir / 'last.pt'})")
+        train_row = {f"loss/{n}": l for n, l in zip(names, losses)}
+        train_row.update({f"weight/{n}": w for n, w in zip(names, weights)})
+        train_row.update(kd_logs)
+        train_row["lr"] = self.optimizer.param_groups[0]["lr"]
+        rows = {"train": train_row}
+        for split, loader in self.eval_loaders.items():
+            rows[split] = self.evaluate(loader, split)
+        epoch_time = time.perf_counter() - t0
+
+        for split, values in rows.items():
+            row = {"epoch": epoch, "split": split, **values}
+            row["time_s"] = train_time if split == "train" else None
+            if split == "train":
+                row["epoch_time_s"] = epoch_time
+            self.recorder.record(row)
+        ctx.logger.log({f"{s}/{k}": v for s, vals in rows.items() for k, v in vals.items()
+                        if isinstance(v, (int, float))} | {"epoch": epoch, "epoch_time_s": epoch_time},
+                       step=epoch)
+        self.last_rows = rows
+        self._update_best(epoch, rows)
+        self._save(epoch)
+        print(format_epoch_table(epoch, _console_rows(rows), epoch_time), file=log_stream, flush=True)
+        return epoch_time
+
+    def _train_epoch(self, epoch: int) -> tuple[Tensor, Tensor]:
+        ctx, model = self.ctx, self.ctx.model
+        model.train()
+        ctx.distiller.train()
+        k = len(ctx.tasks)
+        loss_sum = torch.zeros(k, device=self.device)
+        weight_sum = torch.zeros(k, device=self.device)
+        steps = 0
+        self.train_loader.generator.manual_seed(ctx.seed * 100_003 + epoch)  # data order = f(seed, epoch)
+        representation_key = model.representation_key if ctx.weighting.needs_representation else None
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
+                   file=log_stream, dynamic_ncols=True)
+        for step, batch in enumerate(bar):
+            images, targets = self._to_device(batch)
+            out = model(images)
+            losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]) for t in ctx.tasks])
+            extra = ctx.distiller.training_step(images, targets, out)
+            self.optimizer.zero_grad(set_to_none=True)
+            weights = ctx.weighting.backward(
+                losses, extra_loss=extra,
+                representation=out.features[representation_key] if representation_key else None,
+            )
+            self.optimizer.step()
+            detached = losses.detach()
+            ctx.weighting.after_step(detached, recompute_losses=self._recompute(images, targets))
+            ctx.distiller.after_step()
+            loss_sum += detached
+            weight_sum += weights
+            steps += 1
+            if self.progress and (step + 1) % self.log_every_n_steps == 0:
+                bar.set_postfix(loss=f"{float(loss_sum.sum() / steps):.4g}")  # one sync per interval
+        if steps == 0:
+            raise RuntimeError("the training split yielded no batch (batch_size larger than the split "
+                               "with drop_last=true?)")
+        return loss_sum / steps, weight_sum / steps
+
+    def _recompute(self, images: Tensor, targets: Mapping[str, Tensor]) -> Callable[[], Tensor]:
+        """Losses of the same batch after the step (only methods that ask pay the forward pass)."""
+        def recompute() -> Tensor:
+            with torch.no_grad():
+                out = self.ctx.model(images)
+                return torch.stack([t.loss(out.predictions[t.name], targets[t.name]) for t in self.ctx.tasks])
+        return recompute
+
+    @torch.inference_mode()
+    def evaluate(self, loader: DataLoader, split: str = "eval") -> dict[str, float]:
+        """Task losses and split-level metrics of the current model on one split."""
+        model, tasks = self.ctx.model, self.ctx.tasks
+        model.eval()
+        metrics = {t.name: t.metric() for t in tasks}
+        loss_sum = torch.zeros(len(tasks), device=self.device, dtype=torch.float64)
+        count = 0
+        for batch in loader:
+            images, targets = self._to_device(batch)
+            out = model(images)
+            n = images.shape[0]
+            for i, t in enumerate(tasks):
+                pred, target = out.predictions[t.name], targets[t.name]
+                loss_sum[i] += t.loss(pred, target).double() * n
+                metrics[t.name].update(pred, target)
+            count += n
+        row: dict[str, float] = {}
+        for i, t in enumerate(tasks):
+            row[f"loss/{t.name}"] = float(loss_sum[i] / max(count, 1))
+            for m, v in metrics[t.name].compute().items():
+                row[f"{t.name}/{m}"] = v
+        row["loss"] = sum(row[f"loss/{t.name}"] for t in tasks) / len(tasks)
+        return row
+
+    # ------------------------------------------------------------------------------------------
+    def _to_device(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        nb = self.device.type == "cuda"
+        images = batch["image"].to(self.device, non_blocking=nb)
+        targets = {t.name: batch[t.name].to(self.device, non_blocking=nb) for t in self.ctx.tasks}
+        return images, targets
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        pin = self.device.type == "cuda" if self.pin_memory is None else self.pin_memory
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            pin_memory=pin, persistent_workers=self.persistent_workers,
+            drop_last=self.drop_last and shuffle, generator=torch.Generator() if shuffle else None,
+        )
+
+    def _validate(self, ctx: RunContext) -> None:
+        available = set(ctx.data.eval_splits)
+        for split in self.eval_splits or []:
+            if split not in available:
+                raise ValueError(f"trainer.eval_splits: {split!r} is not a split of dataset "
+                                 f"{ctx.data.name!r} (available: {sorted(available)})")
+        if ctx.data.select_split not in (self.eval_splits or available):
+            raise ValueError(f"the model-selection split {ctx.data.select_split!r} is not evaluated; "
+                             f"add it to trainer.eval_splits")
+        directions = metric_directions(ctx.tasks)
+        if self.monitor != "loss" and self.monitor not in directions:
+            raise ValueError(f"trainer.monitor={self.monitor!r} is not a metric of these tasks; use 'loss' "
+                             f"or one of {sorted(directions)}")
+
+    def _update_best(self, epoch: int, rows: Mapping[str, Mapping[str, float]]) -> None:
+        split = self.ctx.data.select_split
+        value = rows[split][self.monitor]
+        higher = self.directions.get(self.monitor, False)
+        better = (self.best is None or (value > self.best["value"] if higher else value < self.best["value"]))
+        if better and math.isfinite(value):
+            self.best = {"epoch": epoch, "split": split, "monitor": self.monitor, "value": value,
+                         "metrics": {s: dict(r) for s, r in rows.items()}}
+            self._pending_best = True
+        else:
+            self._pending_best = False
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        ctx = self.ctx
+        return {
+            "version": CHECKPOINT_VERSION,
+            "epoch": epoch,
+            "model": ctx.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "weighting": ctx.weighting.checkpoint_state(),
+            "distiller": ctx.distiller.checkpoint_state(),
+            "rng": rng_state(),
+            "best": self.best,
+            "wandb_id": ctx.logger.run_id,
+            "tasks": [t.name for t in ctx.tasks],
+            "choices": dict(ctx.choices),
+        }
+
+    def _save(self, epoch: int) -> None:
+        state = self._state(epoch)
+        save_checkpoint(self.checkpoint_dir / "last.pt", state)
+        if self._pending_best:
+            save_checkpoint(self.checkpoint_dir / "best.pt", state)
+
+    def _restore(self) -> tuple[int, str | None]:
+        path = self.checkpoint_dir / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"trainer.resume=true but there is no checkpoint at {path}; point the run at the run "
+                f"directory to resume, e.g. `python run.py trainer.resume=true hydra.run.dir=<run dir>`")
+        state = load_checkpoint(path, map_location=self.device)
+        names = [t.name for t in self.ctx.tasks]
+        if state.get("tasks") != names:
+            raise ValueError(f"cannot resume from {path}: it was trained on tasks {state.get('tasks')}, "
+                             f"this run has {names}")
+        self.ctx.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.ctx.weighting.load_checkpoint_state(state["weighting"])
+        self.ctx.distiller.load_checkpoint_state(state["distiller"])
+        set_rng_state(state["rng"])
+        self.best = state["best"]
+        self.recorder.truncate_after(state["epoch"])
+        print(f"resuming from {path} after epoch {state['epoch']}", file=log_stream, flush=True)
+        return state["epoch"] + 1, state.get("wandb_id")
+
+    def _summary(self, seconds: float, epoch_times: list[float]) -> dict[str, Any]:
+        ctx = self.ctx
+        last = getattr(self, "last_rows", {})
+        return {
+            "run_dir": str(ctx.run_dir),
+            "dataset": ctx.data.name,
+            "tasks": [t.name for t in ctx.tasks],
+            "choices": dict(ctx.choices),
+            "seed": ctx.seed,
+            "epochs": self.epochs,
+            "device": str(self.device),
+            "num_parameters": ctx.model.num_parameters(),
+            "select_split": ctx.data.select_split,
+            "report_split": ctx.data.report_split,
+            "final": {s: dict(r) for s, r in last.items()},
+            "best": self.best,
+            "time_s": seconds,
+            "epoch_time_s_mean": sum(epoch_times) / len(epoch_times) if epoch_times else None,
+            "wandb": {"id": ctx.logger.run_id, "where": ctx.logger.describe()},
+        }
+
+    def _announce(self, start_epoch: int) -> None:
+        ctx = self.ctx
+        print(f"okd: {ctx.data.name} ({len(ctx.data.train)} train samples), tasks {[t.name for t in ctx.tasks]}, "
+              f"{type(ctx.model).__name__} with {ctx.model.num_parameters():,} parameters, "
+              f"weighting {type(ctx.weighting).__name__}, kd {type(ctx.distiller).__name__}, "
+              f"device {self.device}, epochs {start_epoch}..{self.epochs - 1}", file=log_stream, flush=True)
+
+    def _farewell(self) -> None:
+        ctx = self.ctx
+        print(f"results: {Path(ctx.run_dir) / 'summary.json'} and metrics.jsonl; "
+              f"checkpoints: {self.checkpoint_dir}; logger: {ctx.logger.describe()}",
+              file=log_stream, flush=True)
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _console_rows(rows: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Keep the console compact: losses and weights for train, metrics for evaluation splits."""
+    out = {}
+    for split, values in rows.items():
+        if split == "train":
+            out[split] = {k: v for k, v in values.items() if k.startswith(("loss/", "weight/"))}
+        else:
+            out[split] = {k: v for k, v in values.items() if not k.startswith("loss")}
+    return out
+
+
+def _flat_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """W&B summary keys: final/<split>/<metric>, best/<split>/<metric>, best/epoch, ..."""
+    flat: dict[str, Any] = {}
+    for split, values in (summary.get("final") or {}).items():
+        for k, v in values.items():
+            flat[f"final/{split}/{k}"] = v
+    best = summary.get("best") or {}
+    if best:
+        flat["best/epoch"] = best["epoch"]
+        for split, values in best["metrics"].items():
+            for k, v in values.items():
+                flat[f"best/{split}/{k}"] = v
+    flat["num_parameters"] = summary.get("num_parameters")
+    flat["epoch_time_s_mean"] = summary.get("epoch_time_s_mean")
+    return flat

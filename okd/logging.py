@@ -1,0 +1,186 @@
+"""Where a run's numbers go: ``metrics.jsonl``/``summary.json`` (always), the console, and W&B.
+
+* :class:`RunRecorder` writes the machine-readable results next to Hydra's ``.hydra/`` snapshot:
+  one JSON object per epoch and split in ``metrics.jsonl`` and the final/best numbers in
+  ``summary.json`` (written atomically, so a kill never leaves half a file).
+* :class:`WandbLogger` (``logger=wandb``) and :class:`NullLogger` (``logger=none``) receive the same
+  flat ``"<split>/<task>/<metric>"`` dicts.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+log_stream = sys.stderr
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file, fsync and rename: readers see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class RunRecorder:
+    """Writes ``metrics.jsonl`` and ``summary.json`` in the run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.summary_path = self.run_dir / "summary.json"
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(_jsonable(dict(row))) + "\n")
+            f.flush()
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop rows of epochs > ``epoch`` (a resumed run redoes them)."""
+        if not self.metrics_path.exists():
+            return
+        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if r.get("epoch", -1) <= epoch]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_text(self.summary_path, json.dumps(_jsonable(dict(summary)), indent=2) + "\n")
+
+
+class Logger:
+    """Experiment-tracker interface. ``start`` receives the resolved config as a plain dict."""
+
+    def start(self, run_dir: Path, config: dict, resume_id: str | None = None) -> None:
+        pass
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+    @property
+    def run_id(self) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        return "no experiment tracker (logger=none)"
+
+
+class NullLogger(Logger):
+    """``logger=none``: nothing beyond the run directory's own files."""
+
+
+def _has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """``auto``: WANDB_MODE if set, else ``online`` with credentials and ``offline`` without them,
+    so that a run never waits on the network for a login."""
+    if mode not in ("auto", "online", "offline", "disabled"):
+        raise ValueError(f"logger.mode must be auto, online, offline or disabled; got {mode!r}")
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled", "dryrun", "run"):
+        return {"dryrun": "offline", "run": "online"}.get(env, env)
+    return "online" if _has_wandb_credentials() else "offline"
+
+
+class WandbLogger(Logger):
+    """``logger=wandb``: one W&B run per training run, its files inside the Hydra run dir."""
+
+    def __init__(
+        self,
+        project: str = "okd",
+        entity: str | None = None,
+        group: str | None = None,
+        job_type: str = "train",
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        mode: str = "auto",
+        notes: str | None = None,
+    ) -> None:
+        self.project, self.entity, self.group, self.job_type = project, entity, group, job_type
+        self.name, self.tags, self.notes = name, list(tags), notes
+        self.mode = resolve_wandb_mode(mode)
+        self._run = None
+
+    def start(self, run_dir: Path, config: dict, resume_id: str | None = None) -> None:
+        import wandb  # imported here: it is slow to import and unused with logger=none
+
+        self._run = wandb.init(
+            project=self.project, entity=self.entity, group=self.group, job_type=self.job_type,
+            name=self.name, tags=self.tags, notes=self.notes, config=config, dir=str(run_dir),
+            mode=self.mode, id=resume_id, resume="allow" if resume_id else None,
+        )
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._run is not None:
+            self._run.log(dict(metrics), step=step)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        if self._run is not None:
+            for k, v in values.items():
+                self._run.summary[k] = v
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._run is not None:
+            self._run.finish(exit_code=exit_code)
+            self._run = None
+
+    @property
+    def run_id(self) -> str | None:
+        return None if self._run is None else self._run.id
+
+    def describe(self) -> str:
+        if self._run is None:
+            return f"W&B ({self.mode})"
+        where = getattr(self._run, "dir", "")
+        if self.mode == "offline":
+            return f"W&B offline run {self._run.id} in {Path(where).parent} (upload: wandb sync {Path(where).parent})"
+        url = getattr(self._run, "url", None)
+        return f"W&B run {self._run.id}: {url or where}"
+
+
+def format_epoch_table(epoch: int, rows: Mapping[str, Mapping[str, float]], seconds: float) -> str:
+    """One compact block per epoch: a line per split with its losses/metrics."""
+    lines = [f"epoch {epoch:>3} ({seconds:.1f}s)"]
+    for split, values in rows.items():
+        cells = "  ".join(f"{k}={_short(v)}" for k, v in values.items())
+        lines.append(f"  {split:<5} {cells}")
+    return "\n".join(lines)
+
+
+def _short(v: float) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,215 @@
+"""The weighting interface: how per-task losses become one backward pass.
+
+Every method of the zoo is one small subclass of :class:`Weighting`:
+
+* loss-based methods (EW, DWA, UW, RLW, ...) subclass :class:`LossWeighting` and implement
+  :meth:`LossWeighting.weights` -- a (K,) tensor that may carry gradient (UW's learnable
+  log-variances) -- and the base class backpropagates ``sum_k w_k L_k`` plus any extra loss;
+* gradient-based methods (MGDA, PCGrad, CAGrad, ...) subclass :class:`GradientWeighting` and
+  implement :meth:`GradientWeighting.combine`, which maps the K x P matrix of per-task gradients of
+  the shared parameters to one update direction. The base class forms those gradients from the
+  single forward pass the trainer already did, gives the task-specific parameters their ordinary
+  gradients and writes the combined direction into the shared parameters' ``.grad``.
+
+The trainer calls, in order: :meth:`Weighting.bind` once (before the optimizer is built, so that
+learnable weights can join it through :meth:`Weighting.param_groups`), then per step
+:meth:`Weighting.backward` and, after ``optimizer.step()``, :meth:`Weighting.after_step`; at the end
+of every training epoch :meth:`Weighting.on_epoch_end`. State that must survive a resume lives in
+the module's ``state_dict`` (parameters, buffers) or in :meth:`extra_state` for Python values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class BoundModel:
+    """What a weighting may know about the network it weights (never the network itself).
+
+    Attributes:
+        task_names: task order; every (K,) tensor in this interface follows it.
+        shared_parameters: parameters used by every task (encoder/decoder trunk).
+        task_parameters: every other trainable parameter of the student (heads).
+        last_shared_parameters: parameters of the last shared layer (GradNorm's W).
+    """
+
+    task_names: list[str]
+    shared_parameters: list[nn.Parameter]
+    task_parameters: list[nn.Parameter] = field(default_factory=list)
+    last_shared_parameters: list[nn.Parameter] = field(default_factory=list)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+
+class Weighting(nn.Module):
+    """Base class of every task-weighting method. Subclass one of the two families below."""
+
+    #: True when the method needs the shared representation (the ``features`` argument of backward).
+    needs_representation: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bound: BoundModel | None = None
+
+    # -- set-up --------------------------------------------------------------------------------
+    def bind(self, bound: BoundModel) -> None:
+        """Attach to a model. Subclasses that create per-task state override :meth:`setup`."""
+        if bound.num_tasks < 1:
+            raise ValueError("weighting needs at least one task")
+        self._bound = bound
+        self.setup(bound.num_tasks)
+
+    def setup(self, num_tasks: int) -> None:
+        """Create per-task parameters/buffers (called once K is known)."""
+
+    @property
+    def bound(self) -> BoundModel:
+        if self._bound is None:
+            raise RuntimeError(f"{type(self).__name__} is not bound to a model: call bind() first")
+        return self._bound
+
+    @property
+    def num_tasks(self) -> int:
+        return self.bound.num_tasks
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups for learnable weights (empty for most methods)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params}] if params else []
+
+    # -- per step ------------------------------------------------------------------------------
+    def backward(
+        self,
+        losses: Tensor,
+        extra_loss: Tensor | None = None,
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        """Backpropagate the weighted objective; return the (K,) task weights used (detached).
+
+        Args:
+            losses: (K,) per-task losses of the current batch, in task order, with graph.
+            extra_loss: a scalar added unweighted to the objective (e.g. the distillation loss).
+            representation: the shared representation the heads consume, for methods that
+                manipulate gradients there (``needs_representation``).
+        """
+        raise NotImplementedError
+
+    def after_step(self, losses: Tensor, recompute_losses: Callable[[], Tensor] | None = None) -> None:
+        """Called after ``optimizer.step()`` with the step's detached losses (FAMO-style updates)."""
+
+    # -- per epoch -----------------------------------------------------------------------------
+    def on_epoch_end(self, epoch: int, train_losses: Tensor, reference_losses: Tensor | None = None) -> None:
+        """Epoch hook. ``train_losses``: (K,) mean training loss of each task over the epoch that
+        just ended (epoch counts from 0); ``reference_losses``: the same for the teachers, when a
+        distiller provides them (OTW)."""
+
+    # -- state ---------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        """Python-side state (histories, counters, RNG) for checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def checkpoint_state(self) -> dict:
+        return {"module": self.state_dict(), "extra": self.extra_state()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.load_state_dict(state["module"])
+        self.load_extra_state(state.get("extra", {}))
+
+
+class LossWeighting(Weighting):
+    """Methods whose objective is ``sum_k w_k L_k`` (+ a regulariser), with w from losses/state."""
+
+    def weights(self, losses: Tensor) -> Tensor:
+        """(K,) weights for this step. May carry gradient into learnable parameters."""
+        raise NotImplementedError
+
+    def regularizer(self) -> Tensor | None:
+        """Extra term of the objective that does not scale a task loss (UW's log-variances)."""
+        return None
+
+    def objective(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        w = self.weights(losses)
+        total = (w * losses).sum()
+        reg = self.regularizer()
+        if reg is not None:
+            total = total + reg
+        return total, w
+
+    def backward(self, losses, extra_loss=None, representation=None):
+        total, w = self.objective(losses)
+        if extra_loss is not None:
+            total = total + extra_loss
+        total.backward()
+        return w.detach()
+
+
+class GradientWeighting(Weighting):
+    """Methods that combine per-task gradients of the shared parameters into one direction.
+
+    Subclasses implement :meth:`combine`. Heads get their ordinary gradient ``grad L_k`` (each
+    head only depends on its own task). ``extra_loss`` is backpropagated normally and adds to the
+    combined direction.
+    """
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Map G (K x P, rows g_k) and the detached losses (K,) to (direction (P,), weights (K,)).
+
+        ``weights`` is what is logged; for methods that are not Gram-weighting it is the
+        effective weight ``<d, g_k> / ||g_k||^2`` or any per-task summary the method documents.
+        """
+        raise NotImplementedError
+
+    def per_task_gradients(self, losses: Tensor) -> Tensor:
+        """Rows g_k = d L_k / d theta_shared (flattened), and ordinary .grad for task parameters."""
+        shared = self.bound.shared_parameters
+        task_params = self.bound.task_parameters
+        k = losses.shape[0]
+        rows = []
+        for i in range(k):
+            grads = torch.autograd.grad(
+                losses[i], shared + task_params, retain_graph=i < k - 1, allow_unused=True
+            )
+            rows.append(_flatten(grads[: len(shared)], shared))
+            _accumulate(task_params, grads[len(shared):])
+        return torch.stack(rows)
+
+    def backward(self, losses, extra_loss=None, representation=None):
+        if extra_loss is not None:
+            # The extra loss shares the graph of the task losses: keep it alive for the K passes.
+            extra_loss.backward(retain_graph=True)
+        grads = self.per_task_gradients(losses)
+        direction, weights = self.combine(grads, losses.detach())
+        _write_flat(self.bound.shared_parameters, direction)
+        return weights.detach()
+
+
+def _flatten(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:
+    return torch.cat([
+        (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
+    ])
+
+
+def _accumulate(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None]) -> None:
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        p.grad = g if p.grad is None else p.grad + g
+
+
+def _write_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
+    """Add a flat direction to the shared parameters' .grad (which may hold the extra loss's)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = flat[offset: offset + n].view_as(p).to(p.dtype)
+        p.grad = g.clone() if p.grad is None else p.grad + g
+        offset += n

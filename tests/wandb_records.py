@@ -1,0 +1,68 @@
+"""Read back the records of an offline W&B run (``run-<id>.wandb``) for tests.
+
+wandb no longer ships a Python reader for its transaction log, so this decodes the documented
+container (a LevelDB-style log: a 7-byte ``:W&B`` header, 32 KiB blocks of chunks with a 7-byte
+header: crc32, little-endian length, type FULL/FIRST/MIDDLE/LAST) and parses each record with
+wandb's own protobuf ``Record`` message.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+BLOCK = 32768
+HEADER = 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def raw_records(path: Path):
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path}: not a W&B transaction log")
+    pos, pending = HEADER, b""
+    while pos + HEADER <= len(data):
+        left_in_block = BLOCK - pos % BLOCK
+        if left_in_block < HEADER:
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos: pos + HEADER])
+        chunk = data[pos + HEADER: pos + HEADER + length]
+        pos += HEADER + length
+        if kind == 0 and length == 0:  # zero padding at the end of a block
+            pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
+            continue
+        if kind == FULL:
+            yield chunk
+        elif kind == FIRST:
+            pending = chunk
+        elif kind == MIDDLE:
+            pending += chunk
+        elif kind == LAST:
+            yield pending + chunk
+            pending = b""
+
+
+def read_run(path: Path) -> dict:
+    """{'run': Record.run, 'config': {...}, 'history': [dict], 'summary': {...}} from a .wandb file."""
+    out = {"run": None, "config": {}, "history": [], "summary": {}}
+    for blob in raw_records(path):
+        record = pb.Record()
+        record.ParseFromString(blob)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["run"] = record.run
+            out["config"].update(_items(record.run.config.update))
+        elif kind == "config":
+            out["config"].update(_items(record.config.update))
+        elif kind == "history":
+            out["history"].append(_items(record.history.item))
+        elif kind == "summary":
+            out["summary"].update(_items(record.summary.update))
+    return out
+
+
+def _items(items) -> dict:
+    return {(it.key or "/".join(it.nested_key)): json.loads(it.value_json) for it in items}
