@@ -1,0 +1,130 @@
+"""GradNorm (SPEC.md §5).
+
+Chen, Badrinarayanan, Lee, Rabinovich, "GradNorm: Gradient Normalization for Adaptive Loss
+Balancing in Deep Multitask Networks", ICML 2018, Eqs. (1)-(2) and Algorithm 1.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from okd.weighting.base import BoundModel, LossWeighting
+
+# Keeps r finite if a loss is exactly 0 (a NaN in w would poison the network's objective).
+_EPS = 1e-12
+
+
+class GradNorm(LossWeighting):
+    """Learn loss weights w so that every task's gradient norm at W trains at a common rate.
+
+    W is the last shared layer (``bound.last_shared_parameters``). Per step t (Chen et al. 2018):
+
+        G_k(t)   = ||grad_W (w_k L_k(t))||_2 = w_k ||grad_W L_k(t)||_2
+        Gbar(t)  = mean_k G_k(t)
+        r_k(t)   = (L_k(t) / L_k(0)) / mean_j (L_j(t) / L_j(0))      (inverse training rate)
+        L_grad   = sum_k | G_k(t) - const(Gbar(t) r_k(t)^alpha) |     (Eqs. 1-2)
+
+    w receives only grad_w L_grad; the network receives only the gradient of sum_k w_k L_k (plus
+    the unweighted extra loss). After every optimizer step w is renormalised to sum_k w_k = K
+    (Algorithm 1), which decouples GradNorm from the global learning rate. Only the K gradients
+    of W are formed (one ``autograd.grad`` per task through the heads), never full per-task
+    gradients. L_k(0) is the loss of the first step, kept in a buffer.
+
+    Variants not implemented here: LibMTL parameterises w = K softmax(logits), trains the logits
+    with the network's optimizer, takes L(0) from the first epoch's mean (EW during epoch 0) and
+    uses the gradients of all shared parameters.
+
+    Args:
+        alpha: restoring-force strength, >= 0 (1.5 is the paper's NYUv2 value and LibMTL's
+            default; alpha = 0 asks for equal gradient norms).
+        lr: learning rate of w's own parameter group. 0.025 is this framework's default, not a
+            published value: the paper gives none, and LibMTL trains w with the network's lr.
+            ``None`` leaves the group without an ``lr`` so the optimizer's default applies.
+    """
+
+    def __init__(self, alpha: float = 1.5, lr: float | None = 0.025) -> None:
+        super().__init__()
+        if not (_is_number(alpha) and alpha >= 0):
+            raise ValueError(f"GradNorm: alpha must be a finite number >= 0, got {alpha!r}")
+        if lr is not None and not (_is_number(lr) and lr > 0):
+            raise ValueError(f"GradNorm: lr must be a finite number > 0 or None, got {lr!r}")
+        self.alpha = float(alpha)
+        self.lr = None if lr is None else float(lr)
+        self._has_initial = False
+
+    # -- set-up --------------------------------------------------------------------------------
+    def bind(self, bound: BoundModel) -> None:
+        if not bound.last_shared_parameters:
+            raise ValueError(
+                "GradNorm: bound.last_shared_parameters is empty; GradNorm needs the last shared layer W"
+            )
+        super().bind(bound)
+
+    def setup(self, num_tasks: int) -> None:
+        self.task_weights = nn.Parameter(torch.ones(num_tasks))
+        self.register_buffer("initial_losses", torch.ones(num_tasks))
+
+    def param_groups(self) -> list[dict]:
+        # Own group: own lr, and no weight decay (w is renormalised to sum K anyway).
+        group: dict = {"params": [self.task_weights], "weight_decay": 0.0}
+        if self.lr is not None:
+            group["lr"] = self.lr
+        return [group]
+
+    # -- per step ------------------------------------------------------------------------------
+    def weights(self, losses: Tensor) -> Tensor:
+        # Detached: the network objective must not send gradient into w.
+        return self.task_weights.detach().clone()
+
+    def backward(self, losses, extra_loss=None, representation=None):
+        detached = losses.detach()
+        if not self._has_initial:
+            self.initial_losses.copy_(detached)
+            self._has_initial = True
+        norms = self.shared_grad_norms(losses)
+        self.gradnorm_loss(norms, detached).backward()  # reaches w only: norms are detached
+        total, w = self.objective(losses)
+        if extra_loss is not None:
+            total = total + extra_loss
+        total.backward()
+        return w
+
+    def shared_grad_norms(self, losses: Tensor) -> Tensor:
+        """(K,) ||grad_W L_k||_2 over all tensors of W, detached, on the losses' device."""
+        last_shared = self.bound.last_shared_parameters
+        norms = []
+        for k in range(losses.shape[0]):
+            grads = torch.autograd.grad(losses[k], last_shared, retain_graph=True, allow_unused=True)
+            # A task whose loss does not reach W (allow_unused) has norm 0.
+            squares = [g.float().pow(2).sum() for g in grads if g is not None]
+            squares.append(losses.new_zeros((), dtype=torch.float32))
+            norms.append(torch.stack(squares).sum().sqrt())
+        return torch.stack(norms)
+
+    def gradnorm_loss(self, norms: Tensor, losses: Tensor) -> Tensor:
+        """L_grad of Eq. (2), a function of w only (norms and losses are detached)."""
+        w = self.task_weights
+        grad_norms = w.abs() * norms  # G_k = ||grad_W (w_k L_k)||
+        loss_ratio = losses.float() / self.initial_losses.float().clamp_min(_EPS)
+        inverse_rate = loss_ratio / loss_ratio.mean().clamp_min(_EPS)
+        target = (grad_norms.mean() * inverse_rate.pow(self.alpha)).detach()
+        return (grad_norms - target).abs().sum()
+
+    def after_step(self, losses, recompute_losses=None) -> None:
+        """Renormalise w to sum K (Algorithm 1)."""
+        with torch.no_grad():
+            self.task_weights.mul_(self.num_tasks / self.task_weights.sum())
+
+    # -- state ---------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {"has_initial": self._has_initial}
+
+    def load_extra_state(self, state: dict) -> None:
+        self._has_initial = bool(state.get("has_initial", False))
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float; bool is excluded (True is not a hyper-parameter value)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,70 @@
+"""Uncertainty weighting (UW) (SPEC.md §5).
+
+Kendall, Gal, Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene Geometry
+and Semantics", CVPR 2018, Eqs. (7) and (10).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from okd.weighting.base import LossWeighting
+
+#: form -> default initial s = log sigma^2 (SPEC.md §5).
+_DEFAULT_INIT = {"kendall": 0.0, "halved": -0.5}
+
+
+class UW(LossWeighting):
+    """Homoscedastic-uncertainty weighting with learnable s_k = log sigma_k^2.
+
+    Two forms of the objective are in use (``form``):
+
+    * ``kendall``: sum_k exp(-s_k) L_k + s_k, i.e. precision 1/sigma^2 on every loss (the
+      classification term of Eq. 10) with regulariser log sigma^2. The common simplified form;
+      the OKD release used it with s0 = 1.
+    * ``halved``: sum_k L_k / (2 exp(s_k)) + s_k / 2, i.e. Eq. (7), 1/(2 sigma^2) L + log sigma,
+      written with s = log sigma^2. This is what mtan and LibMTL run, with s0 = -0.5.
+
+    In both forms, for a fixed loss value l, the objective is minimised at s = log l: noisier
+    tasks (larger loss) learn a larger s and a smaller weight.
+
+    The s_k are an ``nn.Parameter`` of this module; the trainer adds them to the optimizer through
+    :meth:`param_groups`. The weights returned by ``backward`` (and logged) are the effective
+    weights on L_k: exp(-s) (kendall) or 1 / (2 exp(s)) (halved).
+
+    Args:
+        form: ``kendall`` or ``halved``.
+        init: initial s_k; ``None`` takes the form's default (kendall 0.0, halved -0.5).
+    """
+
+    def __init__(self, form: str = "kendall", init: float | None = None) -> None:
+        super().__init__()
+        if form not in _DEFAULT_INIT:
+            raise ValueError(f"UW: form must be one of {sorted(_DEFAULT_INIT)}, got {form!r}")
+        if init is not None and not _is_number(init):
+            raise ValueError(f"UW: init must be a finite number or None, got {init!r}")
+        self.form = form
+        self.init = _DEFAULT_INIT[form] if init is None else float(init)
+
+    def setup(self, num_tasks: int) -> None:
+        self.log_vars = nn.Parameter(torch.full((num_tasks,), self.init))
+
+    def param_groups(self) -> list[dict]:
+        # No weight decay: it would pull every s_k towards 0, a prior the method does not have.
+        return [{"params": [self.log_vars], "weight_decay": 0.0}]
+
+    def weights(self, losses: Tensor) -> Tensor:
+        precision = torch.exp(-self.log_vars)  # 1 / sigma^2
+        return precision if self.form == "kendall" else 0.5 * precision
+
+    def regularizer(self) -> Tensor:
+        # log sigma^2 (kendall) or log sigma = s / 2 (halved).
+        total = self.log_vars.sum()
+        return total if self.form == "kendall" else 0.5 * total
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float; bool is excluded (True is not a hyper-parameter value)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
