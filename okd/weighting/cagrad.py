@@ -1,0 +1,105 @@
+"""CAGrad: conflict-averse gradient descent (ZOO.md §6).
+
+Liu, Liu, Jin, Stone, Liu, "Conflict-Averse Gradient Descent for Multi-task Learning",
+NeurIPS 2021, arXiv 2110.14048. Official code: Cranial-XIX/CAGrad.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from okd.weighting.base import GradientWeighting
+from okd.weighting.gradtools import weighted_sum
+from okd.weighting.solvers import gram, minimize_on_simplex, normalized_gram
+
+RESCALES = (0, 1, 2)
+#: inside the square root of the dual's second term, as in the official code (on M / max M_kk).
+_SQRT_EPS = 1e-8
+
+
+def cagrad_weights(matrix: Tensor, c: float, eps: float = 1e-4) -> Tensor:
+    """Effective weights lambda (d = G^T lambda, before rescaling) from the Gram matrix M.
+
+    Liu et al. 2021, Eq. (4)-(5) / Algorithm 1. The primal problem
+    max_d min_k g_k . d  s.t. ||d - g0|| <= c ||g0||  has the dual over the simplex
+
+        w* = argmin_w  F(w) = w^T M 1/K + c ||g0|| sqrt(w^T M w),   ||g0|| = sqrt(mean(M)),
+
+    and d = g0 + (c ||g0|| / ||g_w||) g_w with g_w = G^T w*, i.e.
+    lambda_k = 1/K + (c ||g0|| / ||g_w||) w*_k. The dual is solved by
+    :func:`okd.weighting.solvers.minimize_on_simplex` from w0 = 1/K (the official code uses scipy
+    SLSQP from the same start) on M / max_k M_kk (same argmin), on a float64 CPU copy of M (one
+    K x K host transfer per step). If ||g_w|| <= eps ||g_max|| (0 in the convex hull: a
+    Pareto-stationary point) the correction is dropped and lambda = 1/K (torchjd's guard). The
+    default eps = 1e-4 is the scale of the 1e-8 smoothing inside the square root: below it the
+    smoothed dual no longer determines the direction of g_w, and the official code's
+    c / (||g_w|| + 1e-8) would add c ||g0|| times an arbitrary unit vector.
+    """
+    m, scale = normalized_gram(matrix)
+    k = m.shape[0]
+    mean_w = np.full(k, 1.0 / k)
+    if scale == 0.0 or c == 0.0:
+        return torch.from_numpy(mean_w)
+    b = m @ mean_w                              # g_w . g0 = w^T M 1/K
+    g0_norm = float(np.sqrt(max(m.mean(), 0.0)))
+    radius = c * g0_norm
+
+    def fun(w: np.ndarray) -> float:
+        return float(w @ b + radius * np.sqrt(w @ m @ w + _SQRT_EPS))
+
+    def grad(w: np.ndarray) -> np.ndarray:
+        return b + radius * (m @ w) / np.sqrt(w @ m @ w + _SQRT_EPS)
+
+    w = minimize_on_simplex(fun, grad, mean_w, max_iter=1000, tol=1e-12)
+    gw_norm = float(np.sqrt(max(w @ m @ w, 0.0)))
+    if gw_norm <= eps:
+        return torch.from_numpy(mean_w)
+    return torch.from_numpy(mean_w + (radius / gw_norm) * w)
+
+
+class CAGrad(GradientWeighting):
+    """Conflict-averse gradient: the best worst-task improvement within a ball around g0.
+
+    Liu et al. 2021, Eq. (3)-(5): maximise min_k g_k . d over ||d - g0|| <= c ||g0||, with
+    g0 = (1/K) sum_k g_k; solved through its K-dimensional dual (:func:`cagrad_weights`). c = 0
+    gives g0 (EW, mean).
+
+    Scale (``rescale`` and ``times_k``): the official code returns K d / (1 + c^2) (rescale 1 and
+    "x K to match the sum loss", the default here); LibMTL returns d / (1 + c^2). rescale 0 gives
+    d, 2 gives d / (1 + c). The returned weights are the effective coefficients on the raw g_k,
+    with the same scale as the direction. Heads: raw gradients (the official code has no
+    representation version). Cost: K backward passes and a K-dimensional convex solve.
+
+    Args:
+        c: radius of the ball (``alpha`` in the code): 0.4 (official NYUv2 / Cityscapes scripts,
+            Nash-MTL and FAMO repos; the default), 0.5 (LibMTL ``calpha``), 0.6 (second
+            Cityscapes run).
+        rescale: 1 (default: official, LibMTL), 0 or 2.
+        times_k: multiply by K (True: official code) or not (False: LibMTL).
+        eps: ||g_w|| below eps x the largest gradient norm counts as Pareto-stationary (mean
+            weights); 1e-4, see :func:`cagrad_weights`.
+    """
+
+    def __init__(self, c: float = 0.4, rescale: int = 1, times_k: bool = True, eps: float = 1e-4) -> None:
+        super().__init__()
+        if not (isinstance(c, (int, float)) and c >= 0 and np.isfinite(c)):
+            raise ValueError(f"CAGrad: c must be a finite number >= 0, got {c!r}")
+        if rescale not in RESCALES:
+            raise ValueError(f"CAGrad: rescale must be one of {RESCALES}, got {rescale!r}")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"CAGrad: eps must be a number > 0, got {eps!r}")
+        self.c = float(c)
+        self.rescale = rescale
+        self.times_k = bool(times_k)
+        self.eps = float(eps)
+
+    def scale(self, num_tasks: int) -> float:
+        """The factor applied to d: 1, 1/(1 + c^2) or 1/(1 + c), times K if ``times_k``."""
+        factor = {0: 1.0, 1: 1.0 / (1.0 + self.c**2), 2: 1.0 / (1.0 + self.c)}[self.rescale]
+        return factor * (num_tasks if self.times_k else 1.0)
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        weights = cagrad_weights(gram(grads), self.c, self.eps) * self.scale(grads.shape[0])
+        weights = weights.to(device=grads.device, dtype=grads.dtype)
+        return weighted_sum(weights, grads), weights

@@ -1,0 +1,68 @@
+"""DB-MTL (Lin et al., 2023): EMA of log-loss gradients, equalised norms (ZOO.md §10)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from okd.weighting.base import GradientWeighting
+
+
+class DBMTL(GradientWeighting):
+    """Dual-Balancing MTL: loss-scale balancing by logs, gradient-magnitude balancing by norms.
+
+    Lin, Jiang, Ye, Zhang, Chen, Chen, Liu, Kwok, "Dual-Balancing for Multi-Task Learning",
+    arXiv 2308.12029 (2023), Sec. 3 and Algorithm 1; defaults from LibMTL's ``DB_MTL``.
+
+    * Loss scale: each task contributes ``log(L_k + 1e-8)``. Its gradient on the shared
+      parameters is ``h_k = grad log(L_k + 1e-8)``; the heads receive it too, unweighted.
+    * EMA: ``gh_k <- b_t gh_k + (1 - b_t) h_k`` with ``b_t = beta / t^beta_sigma``, t counted
+      from 1, buffers initialised to 0 and no bias correction (so the first update is
+      ``(1 - beta)`` times smaller -- reference behaviour).
+    * Gradient magnitude: ``a_k = max_j ||gh_j|| / (||gh_k|| + 1e-8)`` and
+      ``d = sum_k a_k gh_k`` = (largest norm) x (sum of unit directions).
+
+    :meth:`backward` differentiates ``log(L_k + 1e-8)`` (computed in float32) in the one graph, so
+    :meth:`combine` receives the rows ``h_k`` (gradients of the *log*-losses) and returns
+    ``(d, a)``; the logged weights are ``a_k``, the coefficients on the EMA buffers.
+
+    State (``state_dict``): the K x P buffer ``grad_ema`` (the gh_k, in the shared parameters'
+    dtype: one extra copy of the shared gradient per task) and the step count. No host sync.
+    """
+
+    def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        if not 0 <= beta < 1:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        if beta_sigma < 0:
+            raise ValueError(f"beta_sigma must be >= 0, got {beta_sigma}")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.beta = beta
+        self.beta_sigma = beta_sigma
+        self.eps = eps
+
+    def setup(self, num_tasks: int) -> None:
+        shared = self.bound.shared_parameters
+        p = sum(t.numel() for t in shared)
+        dtype = shared[0].dtype if shared else torch.get_default_dtype()
+        self.register_buffer("grad_ema", torch.zeros(num_tasks, p, dtype=dtype))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def backward(self, losses, extra_loss=None, representation=None):
+        """Run the base backward on the log-losses: rows h_k, heads get grad log L_k."""
+        log_losses = torch.log(losses.float() + self.eps)
+        return super().backward(log_losses, extra_loss, representation)
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """grads: rows h_k = grad log(L_k + eps); losses: unused (the log-losses)."""
+        if grads.shape != self.grad_ema.shape:
+            raise ValueError(
+                f"grads must have shape {tuple(self.grad_ema.shape)} (tasks x shared entries), "
+                f"got {tuple(grads.shape)}"
+            )
+        self.step += 1
+        b = self.beta / self.step.to(grads.dtype) ** self.beta_sigma
+        self.grad_ema.copy_(b * self.grad_ema + (1 - b) * grads.detach())
+        norms = self.grad_ema.norm(dim=1)
+        a = norms.max() / (norms + self.eps)
+        return a @ self.grad_ema, a

@@ -1,0 +1,140 @@
+"""FAMO (Liu et al., NeurIPS 2023): adaptive task weights from the losses only (ZOO.md §8)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from okd.weighting.base import LossWeighting
+
+
+class FAMO(LossWeighting):
+    """FAMO: softmax task logits xi, updated after each step from the change of the log-losses.
+
+    Liu, Feng, Stone, Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023,
+    arXiv 2306.03792, Sec. 3 and Algorithm 1 (official code Cranial-XIX/FAMO). With
+    ``z = softmax(xi)`` and ``D_k = L_k - l*_k + eps``:
+
+    * step: backpropagate ``sum_k z_k log D_k / c`` with ``c = sum_k z_k / D_k`` (detached),
+      i.e. the effective weights on grad L_k are ``lambda_k = (z_k / D_k) / c`` (they sum to 1);
+      heads are lambda-weighted too, as in the reference (ZOO.md §0);
+    * post-step: with the losses ``L'`` after ``optimizer.step()`` on the same batch,
+      ``delta_k = log D_k(theta_t) - log D_k(theta_{t+1})``, ``xi.grad = J_softmax^T delta =
+      z * (delta - z . delta)`` and one Adam step on xi (lr ``w_lr``, L2 weight decay ``gamma``
+      added to the gradient, as torch.optim.Adam's ``weight_decay``): tasks whose log-loss fell the
+      most lose weight.
+
+    Post-step losses: :meth:`after_step` calls ``recompute_losses()`` (the trainer's extra forward
+    on the same batch, the reference's behaviour; its train/eval mode is the trainer's choice, the
+    references use train mode). If the trainer passes ``recompute_losses=None``, the fallback uses
+    the *next* step's losses: ``delta`` compares the losses of consecutive batches, so it mixes
+    the step's effect with batch-to-batch noise (no extra forward, noisier weights); the first
+    call then only stores the losses.
+
+    Logs are taken in float32. Losses must exceed ``min_losses``: ``D_k`` is computed as
+    ``max(L_k - l*_k, 0) + eps``, equal to the reference's ``L_k - l*_k + eps`` whenever
+    ``L_k >= l*_k``; below ``l*_k`` the log stays finite and that task's gradient is zero.
+
+    State (all in ``state_dict``): xi, the Adam moments and step count, l* and the previous losses.
+    Nothing in the step syncs with the host. The official standalone class also clips the shared
+    gradient to norm 1; the published dense-prediction runs were effectively unclipped and LibMTL
+    does not clip, so no clipping here (use the trainer's gradient clipping if wanted).
+    """
+
+    def __init__(
+        self,
+        w_lr: float = 0.025,
+        gamma: float = 1e-3,
+        min_losses: Sequence[float] | None = None,
+        eps: float = 1e-8,
+        betas: Sequence[float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        if w_lr <= 0:
+            raise ValueError(f"w_lr must be > 0, got {w_lr}")
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if adam_eps <= 0:
+            raise ValueError(f"adam_eps must be > 0, got {adam_eps}")
+        self.w_lr = w_lr
+        self.gamma = gamma
+        self.eps = eps
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.adam_eps = adam_eps
+        self._min_losses = None if min_losses is None else [float(v) for v in min_losses]
+        self.has_prev = False
+
+    def setup(self, num_tasks: int) -> None:
+        min_losses = [0.0] * num_tasks if self._min_losses is None else self._min_losses
+        if len(min_losses) != num_tasks:
+            raise ValueError(
+                f"min_losses must have one value per task ({num_tasks}), got {self._min_losses}"
+            )
+        self.register_buffer("min_losses", torch.tensor(min_losses, dtype=torch.float32))
+        self.register_buffer("xi", torch.zeros(num_tasks))
+        self.register_buffer("exp_avg", torch.zeros(num_tasks))
+        self.register_buffer("exp_avg_sq", torch.zeros(num_tasks))
+        # float64 so that the bias corrections 1 - beta^t are as exact as torch.optim.Adam's.
+        self.register_buffer("adam_step", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("prev_losses", torch.zeros(num_tasks))
+
+    # -- step --------------------------------------------------------------------------------
+    def gap(self, losses: Tensor) -> Tensor:
+        """D_k = max(L_k - l*_k, 0) + eps in float32 (the argument of every log)."""
+        return (losses.float() - self.min_losses).clamp_min(0.0) + self.eps
+
+    def weights(self, losses: Tensor) -> Tensor:
+        """lambda_k = (z_k / D_k) / sum_j (z_j / D_j), the effective weights on grad L_k."""
+        ratio = torch.softmax(self.xi, 0) / self.gap(losses.detach())
+        return ratio / ratio.sum()
+
+    def objective(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """The reference's loss ``sum_k z_k log D_k / c``; gradient ``sum_k lambda_k grad L_k``."""
+        z = torch.softmax(self.xi, 0)
+        d = self.gap(losses)
+        c = (z / d.detach()).sum()
+        return (z * torch.log(d)).sum() / c, self.weights(losses)
+
+    # -- post-step update --------------------------------------------------------------------
+    def after_step(
+        self, losses: Tensor, recompute_losses: Callable[[], Tensor] | None = None
+    ) -> None:
+        losses = losses.detach().float()
+        if recompute_losses is not None:
+            with torch.no_grad():
+                self.update(losses, recompute_losses().detach().float())
+        elif self.has_prev:
+            self.update(self.prev_losses, losses)  # fallback: next step's losses (class docstring)
+        self.prev_losses.copy_(losses)
+        self.has_prev = True
+
+    @torch.no_grad()
+    def update(self, before: Tensor, after: Tensor) -> None:
+        """One Adam step on xi with xi.grad = z * (delta - z . delta) (FAMO's weight update)."""
+        delta = torch.log(self.gap(before)) - torch.log(self.gap(after))
+        z = torch.softmax(self.xi, 0)
+        self.adam(z * (delta - (z * delta).sum()))
+
+    def adam(self, grad: Tensor) -> None:
+        """Adam (Kingma & Ba 2015, Alg. 1) with L2 weight decay, as torch.optim.Adam computes it."""
+        beta1, beta2 = self.betas
+        grad = grad + self.gamma * self.xi
+        self.adam_step += 1
+        self.exp_avg.mul_(beta1).add_((1 - beta1) * grad)
+        self.exp_avg_sq.mul_(beta2).add_((1 - beta2) * grad * grad)
+        m_hat = self.exp_avg / (1 - beta1**self.adam_step).float()
+        v_hat = self.exp_avg_sq / (1 - beta2**self.adam_step).float()
+        self.xi.sub_(self.w_lr * m_hat / (v_hat.sqrt() + self.adam_eps))
+
+    # -- state -------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {"has_prev": self.has_prev}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.has_prev = bool(state.get("has_prev", False))

@@ -1,0 +1,133 @@
+"""GradVac: gradient vaccine (ZOO.md §4).
+
+Wang, Tsvetkov, Firat, Cao, "Gradient Vaccine: Investigating and Improving Multi-task
+Optimization in Massively Multilingual Models", ICLR 2021, arXiv 2010.05874.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from okd.weighting.base import GradientWeighting
+from okd.weighting.gradtools import OwnedGenerator, random_orders, weighted_sum
+from okd.weighting.solvers import gram
+
+GROUP_TYPES = ("whole", "tensor")
+#: phi_hat is kept inside (-1, 1) where used: sqrt(1 - phi_hat^2) is a divisor (ZOO.md §4).
+_PHI_BOUND = 1.0 - 1e-6
+
+
+def vaccine_coefficients(
+    grams: Tensor, phi_hat: Tensor, orders: Sequence[Sequence[int]], beta: float, eps: float = 1e-8
+) -> tuple[Tensor, Tensor]:
+    """GradVac's corrections in coefficient form, for every parameter group at once.
+
+    Wang et al. 2021, Eq. (3) and Algorithm 2. Per group (a slice [k] of the flat gradient) and
+    ordered pair (i, j), with g_i'[k] the partially corrected gradient:
+
+        phi = cos(g_i'[k], g_j[k]);  if phi < phi_hat[i, j, k]:
+        g_i'[k] += c g_j[k],  c = ||g_i'|| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2))
+                                   / (||g_j|| sqrt(1 - phi_hat^2))
+        then always phi_hat[i, j, k] <- (1 - beta) phi_hat + beta phi  (phi before the correction).
+
+    With g_i'[k] = sum_j C[k, i, j] g_j[k] every quantity comes from the per-group Gram matrices:
+    g_i' . g_j = (C M)_ij, ||g_i'||^2 = C_i M C_i^T. The branch is a ``where``: no host sync.
+
+    Args:
+        grams: (n_groups, K, K) Gram matrices, float64.
+        phi_hat: (K, K, n_groups) targets (not modified).
+        orders: for each i, the order of the other tasks.
+    Returns:
+        (C of shape (n_groups, K, K), the updated phi_hat).
+    """
+    n, k, _ = grams.shape
+    coeffs = torch.eye(k, dtype=grams.dtype, device=grams.device).repeat(n, 1, 1)
+    phi_hat = phi_hat.to(grams).clone()
+    for i in range(k):
+        for j in orders[i]:
+            ci = coeffs[:, i, :]                                   # (n, K)
+            mci = torch.einsum("nab,nb->na", grams, ci)            # M C_i^T per group
+            dot = mci[:, j]                                        # g_i' . g_j
+            norm_i = (ci * mci).sum(-1).clamp_min(0).sqrt()        # ||g_i'||
+            norm_j = grams[:, j, j].clamp_min(0).sqrt()            # ||g_j||
+            phi = (dot / (norm_i * norm_j + eps)).clamp(-1.0, 1.0)
+            target = phi_hat[i, j].clamp(-_PHI_BOUND, _PHI_BOUND)
+            root_t = (1 - target**2).sqrt()
+            c = norm_i * (target * (1 - phi**2).sqrt() - phi * root_t) / (norm_j * root_t + eps)
+            coeffs[:, i, j] += torch.where(phi < target, c, torch.zeros_like(c))
+            phi_hat[i, j] = (1 - beta) * phi_hat[i, j] + beta * phi
+    return coeffs, phi_hat
+
+
+class GradVac(GradientWeighting):
+    """Steer every pairwise gradient cosine towards an EMA of its past values.
+
+    Wang et al. 2021, Algorithm 2: for each task i and every other task j (random order), per
+    parameter group, raise cos(g_i', g_j) to the target phi_hat[i, j] when it is below it (the
+    correction of :func:`vaccine_coefficients`), then update the target by an EMA with rate
+    ``beta``. The update is d = sum_i g_i' (EW's sum scale). With phi_hat = 0 the correction is
+    PCGrad's projection, so the first step equals PCGrad (same orders).
+
+    State: ``phi_hat`` (K, K, n_groups), a float64 buffer initialised to 0 (in ``state_dict``); the
+    order generator (CPU, ``seed``) in :meth:`extra_state`. The returned weights are the
+    coefficients on the raw g_k (averaged over groups, weighted by group size).
+
+    Groups (fixed order: the bound model's shared parameters): ``whole`` (LibMTL group_type 0,
+    default) or ``tensor`` (one group per parameter tensor, LibMTL 2). LibMTL's type 1 (one group
+    per leaf module) needs module boundaries, which :class:`~okd.weighting.base.BoundModel` does not
+    carry. Cost: K backward passes, one K x K Gram per group, K(K-1) small vector ops.
+
+    Args:
+        beta: EMA rate of phi_hat; 1e-2 (paper's experiments; LibMTL default 0.5).
+        group_type: ``whole`` or ``tensor``.
+        seed: seed of the order generator.
+        eps: guards the norms' divisions (1e-8).
+    """
+
+    def __init__(self, beta: float = 1e-2, group_type: str = "whole", seed: int = 0,
+                 eps: float = 1e-8) -> None:
+        super().__init__()
+        if not (isinstance(beta, (int, float)) and 0.0 < beta <= 1.0):
+            raise ValueError(f"GradVac: beta must be a number in (0, 1], got {beta!r}")
+        if group_type not in GROUP_TYPES:
+            raise ValueError(f"GradVac: group_type must be one of {GROUP_TYPES}, got {group_type!r}")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"GradVac: eps must be a number > 0, got {eps!r}")
+        self.beta = float(beta)
+        self.group_type = group_type
+        self.eps = float(eps)
+        self.generator = OwnedGenerator(seed, "GradVac")
+        self.group_sizes: list[int] = []
+
+    def setup(self, num_tasks: int) -> None:
+        sizes = [p.numel() for p in self.bound.shared_parameters]
+        self.group_sizes = sizes if self.group_type == "tensor" else [sum(sizes)]
+        self.register_buffer("phi_hat", torch.zeros(num_tasks, num_tasks, len(self.group_sizes),
+                                                    dtype=torch.float64))
+        # Group sizes as a device tensor (moved by .to()), so combine() copies nothing per step.
+        self.register_buffer("group_numel", torch.tensor(self.group_sizes, dtype=torch.float64),
+                             persistent=False)
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        if sum(self.group_sizes) != grads.shape[1]:
+            raise ValueError(f"GradVac: grads have {grads.shape[1]} columns, the bound shared "
+                             f"parameters {sum(self.group_sizes)}")
+        splits = torch.split(grads, self.group_sizes, dim=1)
+        grams = torch.stack([gram(s) for s in splits])
+        orders = random_orders(grads.shape[0], self.generator.get("cpu"))
+        coeffs, phi_hat = vaccine_coefficients(grams, self.phi_hat, orders, self.beta, self.eps)
+        self.phi_hat.copy_(phi_hat)
+        group_weights = coeffs.sum(dim=1)  # d[k] = sum_i g_i'[k] = sum_j (sum_i C[k,i,j]) g_j[k]
+        direction = torch.cat([weighted_sum(w, s) for w, s in zip(group_weights, splits)])
+        sizes = self.group_numel.to(grams)
+        weights = (group_weights * sizes[:, None]).sum(dim=0) / sizes.sum()
+        return direction, weights.to(grads.dtype)
+
+    def extra_state(self) -> dict:
+        return {"generator": self.generator.state()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.load(state["generator"])

@@ -1,0 +1,180 @@
+"""Nash-MTL (Navon et al., ICML 2022): weights from the Nash bargaining solution (ZOO.md §7)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from okd.weighting.base import GradientWeighting, _accumulate, _flatten, _write_flat
+from okd.weighting.gradtools import accumulate_heads, task_gradients, weighted_sum
+from okd.weighting.solvers import gram
+
+#: an iterate whose optimality residual max_k |alpha_k (M alpha)_k - 1| is above this is rejected
+#: (the reference's CCP stops at a residual of 1e-3 in its own units).
+ACCEPT_RESIDUAL = 1e-3
+
+
+class NashMTL(GradientWeighting):
+    """Nash-MTL: d = G^T alpha with alpha the bargaining solution.
+
+    Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya, "Multi-Task Learning as a
+    Bargaining Game", ICML 2022, arXiv 2202.01017, Sec. 3 (Claim 3.1): the Nash bargaining
+    direction is ``d = sum_k alpha_k g_k`` with alpha > 0 solving
+
+        alpha_k (g_k . d) = 1 for every k,  i.e.  (M alpha)_k = 1 / alpha_k,  M = G G^T.
+
+    Solver (ZOO.md §7): the paper approximates this system by a sequence of convex problems (CCP,
+    solved with cvxpy in the official code). alpha is also the unique minimiser of the strictly
+    convex ``f(a) = 1/2 a^T M a - sum_k log a_k`` on a > 0 (gradient ``M a - 1/a``), so we run
+    damped Newton on f -- each Newton step minimises a local convex (quadratic) model of f, and the
+    iterates converge quadratically to the exact solution of the raw system, which the reference's
+    CCP approaches as well. Float64, K x K, warm-started from the previous alpha rescaled
+    along its ray (``t = sqrt(K / a^T M a)`` minimises f(t a) in closed form, which makes the warm
+    start exact under a change of gradient scale). If f is unbounded (0 is in the convex hull of the
+    g_k, e.g. g_2 = -g_1) or the solve does not reach ``ACCEPT_RESIDUAL`` in ``optim_niter``
+    iterations, the previous alpha is kept, as the reference does when its solver fails.
+
+    Like the reference, the objective is ``sum_k alpha_k L_k``: the heads get the alpha-weighted
+    gradient ``alpha_k grad L_k``. The shared direction ``d = G^T alpha`` is then clipped to norm
+    ``max_norm`` (the reference calls ``clip_grad_norm_(shared_parameters, max_norm)`` after
+    backward; here only the combined direction is clipped, so an ``extra_loss`` gradient is added
+    unclipped). Scale: alpha ~ 1/||g|| and d is invariant to a common scale of the gradients; heads
+    are not clipped, so with tiny gradients they receive large steps (as in the reference).
+
+    Every ``update_weights_every`` steps the weights are re-solved (K backward passes); in between
+    alpha is reused and a single backward pass of ``sum_k alpha_k L_k`` is done. The returned
+    (logged) weights are alpha (unclipped). One host sync per update step: the Newton loop branches
+    on values, so the K x K Gram matrix is moved to the CPU.
+    """
+
+    def __init__(
+        self,
+        update_weights_every: int = 1,
+        optim_niter: int = 20,
+        max_norm: float | None = 1.0,
+        tol: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if update_weights_every < 1:
+            raise ValueError(f"update_weights_every must be >= 1, got {update_weights_every}")
+        if optim_niter < 1:
+            raise ValueError(f"optim_niter must be >= 1, got {optim_niter}")
+        if max_norm is not None and max_norm <= 0:
+            raise ValueError(f"max_norm must be > 0 or None (no clipping), got {max_norm}")
+        if not 0 < tol < ACCEPT_RESIDUAL:
+            raise ValueError(f"tol must be in (0, {ACCEPT_RESIDUAL}), got {tol}")
+        self.update_weights_every = update_weights_every
+        self.optim_niter = optim_niter
+        self.max_norm = max_norm
+        self.tol = tol
+        self.step = 0
+        self.last_solve_ok = True
+
+    def setup(self, num_tasks: int) -> None:
+        # Warm start of the solver = the alpha in use (float64, survives checkpoints).
+        self.register_buffer("alpha", torch.ones(num_tasks, dtype=torch.float64))
+
+    # -- the solve ---------------------------------------------------------------------------
+    def solve(self, gram_matrix: Tensor) -> Tensor:
+        """alpha for the Gram matrix M (updates the warm start when the solve succeeds)."""
+        alpha, ok = solve_nash_system(gram_matrix, self.alpha, self.optim_niter, self.tol)
+        self.last_solve_ok = ok
+        if ok:
+            self.alpha.copy_(alpha)
+        return self.alpha.clone()
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """d = clip(G^T alpha, max_norm); weights = alpha."""
+        alpha = self.solve(gram(grads)).to(grads.device)
+        return self.clip(weighted_sum(alpha, grads)), alpha
+
+    def clip(self, direction: Tensor) -> Tensor:
+        """torch.nn.utils.clip_grad_norm_'s rule on the flat direction, without a host sync."""
+        if self.max_norm is None:
+            return direction
+        coef = (self.max_norm / (direction.norm() + 1e-6)).clamp(max=1.0)
+        return direction * coef
+
+    # -- backward ----------------------------------------------------------------------------
+    def backward(self, losses, extra_loss=None, representation=None):
+        """Backpropagate ``sum_k alpha_k L_k`` (heads alpha-weighted, shared direction clipped)."""
+        if extra_loss is not None:
+            extra_loss.backward(retain_graph=True)
+        shared = self.bound.shared_parameters
+        heads = self.bound.task_parameters
+        if self.step % self.update_weights_every == 0:
+            grads, head_grads = task_gradients(losses, shared, heads)
+            direction, alpha = self.combine(grads, losses.detach())
+            accumulate_heads(heads, head_grads, alpha)  # = grad of sum_k alpha_k L_k on the heads
+        else:
+            alpha = self.alpha.to(losses.device)
+            weighted = (alpha.to(losses.dtype) * losses).sum()
+            g = torch.autograd.grad(weighted, shared + heads, allow_unused=True)
+            direction = self.clip(_flatten(g[: len(shared)], shared))
+            _accumulate(heads, g[len(shared):])
+        self.step += 1
+        _write_flat(shared, direction)
+        return alpha.detach().to(losses.dtype)
+
+    # -- state -------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {"step": self.step, "last_solve_ok": self.last_solve_ok}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.step = int(state.get("step", 0))
+        self.last_solve_ok = bool(state.get("last_solve_ok", True))
+
+
+def solve_nash_system(
+    gram: Tensor, alpha0: Tensor, max_iter: int = 20, tol: float = 1e-6
+) -> tuple[Tensor, bool]:
+    """Solve ``M a = 1/a``, a > 0: damped Newton on ``f(a) = 1/2 a^T M a - sum log a`` (ZOO §7).
+
+    Newton step ``s = H^-1 (M a - 1/a)`` with ``H = M + diag(1/a^2)`` (positive definite for
+    a > 0 even when M is singular), halved until ``a - t s > 0`` and Armijo's condition hold.
+    Stops when ``max_k |a_k (M a)_k - 1| < tol`` (scale-free form of the optimality condition).
+
+    Returns:
+        (alpha, ok): float64 CPU alpha and whether it satisfies the system to ``ACCEPT_RESIDUAL``;
+        when not ok, alpha is ``alpha0`` unchanged.
+    """
+    m = gram.detach().to("cpu", torch.float64)
+    m = 0.5 * (m + m.T)
+    prev = alpha0.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(m).all()) or float(m.diagonal().sum()) <= 0.0:
+        return prev, False  # zero or non-finite gradients: no solution (alpha -> infinity)
+    a = _rescale(m, torch.where(prev > 0, prev, torch.ones_like(prev)))
+    for _ in range(max_iter):
+        if _residual(m, a) < tol:
+            break
+        a = _newton_step(m, a)
+    ok = bool(torch.isfinite(a).all()) and _residual(m, a) < ACCEPT_RESIDUAL
+    return (a, True) if ok else (prev, False)
+
+
+def _objective(m: Tensor, a: Tensor) -> float:
+    return float(0.5 * a @ m @ a - torch.log(a).sum())
+
+
+def _residual(m: Tensor, a: Tensor) -> float:
+    return float((a * (m @ a) - 1.0).abs().max())
+
+
+def _rescale(m: Tensor, a: Tensor) -> Tensor:
+    """Best point on the ray {t a}: d/dt f(t a) = t a^T M a - K / t = 0."""
+    quad = float(a @ m @ a)
+    return a * math.sqrt(a.numel() / quad) if quad > 0 else a
+
+
+def _newton_step(m: Tensor, a: Tensor) -> Tensor:
+    grad = m @ a - 1.0 / a
+    step = torch.linalg.solve(m + torch.diag(1.0 / a**2), grad)
+    decrement = float(grad @ step)  # Newton decrement squared, > 0 away from the optimum
+    f0, t = _objective(m, a), 1.0
+    while t > 1e-12:
+        cand = a - t * step
+        if bool((cand > 0).all()) and _objective(m, cand) <= f0 - 0.25 * t * decrement:
+            return cand
+        t *= 0.5
+    return a

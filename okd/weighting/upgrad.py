@@ -1,0 +1,79 @@
+"""UPGrad (Quinton & Rey, 2024): mean of the projections onto the dual cone (ZOO.md §12)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from okd.weighting.base import GradientWeighting
+from okd.weighting.gradtools import weighted_sum
+from okd.weighting.qp import min_quadratic_above
+from okd.weighting.solvers import gram
+
+
+class UPGrad(GradientWeighting):
+    """UPGrad: ``d = sum_i p_i pi_C(g_i)``, pi_C the projection onto the cone {x : G x >= 0}.
+
+    Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232 (2024),
+    Sec. 3 (UPGrad); reference implementation torchjd ``UPGrad`` (default ``pref_vector`` = 1/K).
+
+    Weight form (Prop. 1 of the paper): ``pi_C(G^T u) = G^T v`` with
+    ``v = argmin_v v^T M v  s.t.  v >= u``, M = G G^T. One K-variable QP per task,
+    ``u = p_i e_i``; then ``w = sum_i v^(i)`` and ``d = G^T w``. As in torchjd, the QP uses
+    ``M~ = M / tr(M)`` (zeros if ``tr(M) < norm_eps``) plus ``reg_eps * I``; the regulariser
+    shifts w by about reg_eps relative and makes every QP strictly convex.
+
+    The QPs are solved exactly by the active-set method of :func:`okd.weighting.qp.nonnegative_qp`
+    (torchjd calls quadprog). Properties: ``G d >= 0`` (no task conflicts with d, up to the
+    regulariser), equals PCGrad with mean reduction for K = 2, ``d = 0`` when the g_k positively
+    span the space. Scale: w is invariant to a common scale of the gradients, d scales like G (mean
+    scale). Heads get their ordinary gradients. The logged weights are w. One host sync per step:
+    the active-set loop branches on values, so M goes to the CPU.
+    """
+
+    def __init__(
+        self,
+        norm_eps: float = 1e-4,
+        reg_eps: float = 1e-4,
+        pref_vector: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if norm_eps < 0:
+            raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
+        if reg_eps < 0:
+            raise ValueError(f"reg_eps must be >= 0, got {reg_eps}")
+        if pref_vector is not None and any(p < 0 for p in pref_vector):
+            raise ValueError(f"pref_vector must be non-negative, got {list(pref_vector)}")
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
+        self.pref_vector = None if pref_vector is None else [float(p) for p in pref_vector]
+
+    def setup(self, num_tasks: int) -> None:
+        if self.pref_vector is not None and len(self.pref_vector) != num_tasks:
+            raise ValueError(
+                f"pref_vector must have one entry per task ({num_tasks}), got {self.pref_vector}"
+            )
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """d = G^T w with w = sum_i argmin_{v >= p_i e_i} v^T M~ v."""
+        w = upgrad_weights(gram(grads), self.pref_vector, self.norm_eps, self.reg_eps)
+        return weighted_sum(w, grads), w.to(grads.device)
+
+
+def upgrad_weights(
+    gram_matrix: Tensor,
+    pref_vector: Sequence[float] | None = None,
+    norm_eps: float = 1e-4,
+    reg_eps: float = 1e-4,
+) -> Tensor:
+    """UPGrad's weights w (float64, CPU) from the Gram matrix M."""
+    m = gram_matrix.detach().to("cpu", torch.float64)
+    k = m.shape[0]
+    eye = torch.eye(k, dtype=torch.float64)
+    p = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    if pref_vector is not None:
+        p = torch.tensor(list(pref_vector), dtype=torch.float64)
+    trace = float(m.diagonal().sum())  # = ||G||_F^2
+    m = (m / trace if trace >= norm_eps else torch.zeros_like(m)) + reg_eps * eye
+    return sum(min_quadratic_above(m, p[i] * eye[i]) for i in range(k))
