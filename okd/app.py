@@ -12,12 +12,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from okd.data.base import DataBundle
+from okd.engine.checkpoint import seed_everything
 from okd.engine.trainer import RunContext, Trainer
 from okd.tasks import build_tasks
 
 
 def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> tuple[Trainer, RunContext]:
     """Instantiate dataset, tasks, model, weighting, distiller, logger and trainer from ``cfg``."""
+    seed_everything(int(cfg.seed))  # model initialisation is part of what the seed fixes
     data = _instantiate(cfg.dataset, "dataset")
     if not isinstance(data, DataBundle):
         raise TypeError(f"dataset config must build an okd.data.base.DataBundle, got {type(data).__name__}")
@@ -27,7 +29,8 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     distiller = _instantiate(cfg.kd, "kd")
     logger = _instantiate(cfg.logger, "logger")
     trainer = _instantiate(cfg.trainer, "trainer")
-    config = OmegaConf.to_container(cfg, resolve=True)
+    # The job's config as a plain dict (without Hydra's own node, present when composed by tests).
+    config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     ctx = RunContext(
         model=model, tasks=tasks, data=data, weighting=weighting, distiller=distiller, logger=logger,
         run_dir=Path(run_dir), seed=int(cfg.seed), config=config, choices=dict(choices or {}),

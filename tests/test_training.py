@@ -1,0 +1,120 @@
+"""The loop end to end, in-process: outputs, resume, learnability and the W&B read-back."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from okd.app import build, run
+from test_config import compose_cfg
+from wandb_records import read_run
+
+TINY = ["dataset.train_size=16", "dataset.val_size=8", "dataset.test_size=8", "dataset.height=32",
+        "dataset.width=32", "trainer.batch_size=8", "trainer.progress=false", "logger=none"]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_metrics_summary_and_checkpoints(tmp_path):
+    summary = run(compose_cfg([*TINY, "trainer.epochs=2"]), tmp_path)
+    lines = rows(tmp_path)
+    assert [(r["epoch"], r["split"]) for r in lines] == [
+        (e, s) for e in range(2) for s in ("train", "val", "test")]
+    train = lines[0]
+    for task in ("segmentation", "depth", "normal"):
+        assert f"loss/{task}" in train and train[f"weight/{task}"] == 1.0
+    assert train["epoch_time_s"] > 0
+    for metric in ("segmentation/miou", "segmentation/pix_acc", "depth/abs_err", "depth/rel_err",
+                   "normal/mean", "normal/median", "normal/within_11.25", "normal/within_22.5", "normal/within_30"):
+        assert metric in lines[1], metric
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["best"]["split"] == "val" and on_disk["final"]["test"]["segmentation/miou"] >= 0
+    assert on_disk["num_parameters"] > 0
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["tasks"] == ["segmentation", "depth", "normal"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = run(compose_cfg([*TINY, "trainer.epochs=3"]), tmp_path / "full")
+    run(compose_cfg([*TINY, "trainer.epochs=1"]), tmp_path / "cut")
+    resumed = run(compose_cfg([*TINY, "trainer.epochs=3", "trainer.resume=true"]), tmp_path / "cut")
+    assert resumed["final"] == full["final"]  # bitwise: same floats from the same computation
+    assert [r["epoch"] for r in rows(tmp_path / "cut")] == [r["epoch"] for r in rows(tmp_path / "full")]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*last.pt"):
+        run(compose_cfg([*TINY, "trainer.resume=true"]), tmp_path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.batch_size=0", "trainer.batch_size must be a positive integer"),
+    ("trainer.monitor=depth/nope", "trainer.monitor"),
+    ("dataset.tasks=[depth,edges]", "unknown task"),
+])
+def test_bad_values_fail_before_training(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        trainer, ctx = build(compose_cfg([*TINY, override]), tmp_path)
+        trainer.fit(ctx)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_single_task_and_two_task_runs(tmp_path):
+    for tasks in ("[depth]", "[segmentation,normal]"):
+        summary = run(compose_cfg([*TINY, "trainer.epochs=1", f"dataset.tasks={tasks}"]), tmp_path / tasks)
+        assert summary["tasks"] == tasks.strip("[]").split(",")
+
+
+def _baselines(bundle) -> tuple[float, float]:
+    """mIoU of predicting the training split's majority class; abs error of its mean depth."""
+    train = [bundle.train[i] for i in range(len(bundle.train))]
+    labels = torch.cat([s["segmentation"].flatten() for s in train])
+    majority = int(torch.bincount(labels[labels >= 0]).argmax())
+    depths = torch.cat([s["depth"].flatten() for s in train])
+    mean_depth = float(depths[depths > 0].mean())
+    test = [bundle.eval_splits["test"][i] for i in range(len(bundle.eval_splits["test"]))]
+    from okd.tasks import Depth, Segmentation
+    seg, dep = Segmentation(bundle.num_classes).metric(), Depth().metric()
+    for s in test:
+        seg.update(torch.full_like(s["segmentation"], majority)[None], s["segmentation"][None])
+        dep.update(torch.full_like(s["depth"], mean_depth)[None], s["depth"][None])
+    return seg.compute()["miou"], dep.compute()["abs_err"]
+
+
+def test_synthetic_scenes_are_learnable(tmp_path):
+    """A short EW run beats the majority-class and mean-depth predictors clearly."""
+    cfg = compose_cfg(["trainer.progress=false", "logger=none", "trainer.epochs=6"])
+    trainer, ctx = build(cfg, tmp_path)
+    majority_miou, mean_depth_err = _baselines(ctx.data)
+    summary = trainer.fit(ctx)
+    test = summary["final"]["test"]
+    assert test["segmentation/miou"] > 1.8 * majority_miou, (test, majority_miou)
+    assert test["depth/abs_err"] < 0.75 * mean_depth_err, (test, mean_depth_err)
+    assert test["normal/mean"] < 45.0
+
+
+def test_wandb_offline_run_reads_back(tmp_path):
+    cfg = compose_cfg([*TINY, "trainer.epochs=2", "logger=wandb", "logger.mode=offline", "name=wb-test"])
+    summary = run(cfg, tmp_path, choices={"weighting": "ew"})
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, "the W&B run must live inside the run dir"
+    record = read_run(files[0])
+    assert record["run"].run_group == "wb-test"
+    assert list(record["run"].tags) == ["synthetic", "segnet", "ew", "kd-none"]
+    assert record["config"]["trainer"]["epochs"] == 2
+    assert record["config"]["weighting"]["_target_"] == "okd.weighting.ew.EW"
+    history = record["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])  # epoch 1, test
+    assert history[-1]["test/segmentation/miou"] == pytest.approx(last["segmentation/miou"])
+    assert "train/weight/depth" in history[-1]
+    assert record["summary"]["final/test/depth/abs_err"] == pytest.approx(summary["final"]["test"]["depth/abs_err"])
+    assert summary["wandb"]["id"] == record["run"].run_id
