@@ -104,6 +104,29 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def fit(self, ctx: RunContext) -> dict[str, Any]:
         """Train ``ctx.model`` and write metrics.jsonl, summary.json and checkpoints in ctx.run_dir."""
+        self.setup(ctx)
+        start_epoch, self.best, wandb_id = 0, None, None
+        if self.resume:
+            start_epoch, wandb_id = self._restore()
+        ctx.logger.start(Path(ctx.run_dir), ctx.config, resume_id=wandb_id)
+        self._announce(start_epoch)
+        started = time.perf_counter()
+        epoch_times: list[float] = []
+        exit_code = 1
+        try:
+            for epoch in range(start_epoch, self.epochs):
+                epoch_times.append(self._run_epoch(epoch))
+            summary = self._summary(time.perf_counter() - started, epoch_times)
+            self.recorder.write_summary(summary)
+            ctx.logger.summary(_flat_summary(summary))
+            exit_code = 0
+        finally:
+            ctx.logger.finish(exit_code)
+        self._farewell()
+        return summary
+
+    def setup(self, ctx: RunContext) -> None:
+        """Move to the device, bind weighting and distiller, build optimizer, scheduler and loaders."""
         self.ctx = ctx
         self.device = select_device(self.device_name)
         self._validate(ctx)
@@ -132,26 +155,7 @@ class Trainer:
         splits = self.eval_splits or list(ctx.data.eval_splits)
         self.eval_loaders = {s: self._loader(ctx.data.eval_splits[s], self.eval_batch_size, shuffle=False)
                              for s in splits}
-
-        start_epoch, self.best, wandb_id = 0, None, None
-        if self.resume:
-            start_epoch, wandb_id = self._restore()
-        ctx.logger.start(Path(ctx.run_dir), ctx.config, resume_id=wandb_id)
-        self._announce(start_epoch)
-        started = time.perf_counter()
-        epoch_times: list[float] = []
-        exit_code = 1
-        try:
-            for epoch in range(start_epoch, self.epochs):
-                epoch_times.append(self._run_epoch(epoch))
-            summary = self._summary(time.perf_counter() - started, epoch_times)
-            self.recorder.write_summary(summary)
-            ctx.logger.summary(_flat_summary(summary))
-            exit_code = 0
-        finally:
-            ctx.logger.finish(exit_code)
-        self._farewell()
-        return summary
+        self.best = None
 
     # ------------------------------------------------------------------------------------------
     def _run_epoch(self, epoch: int) -> float:
@@ -206,23 +210,11 @@ class Trainer:
         weight_sum = torch.zeros(k, device=self.device)
         steps = 0
         self.train_loader.generator.manual_seed(ctx.seed * 100_003 + epoch)  # data order = f(seed, epoch)
-        representation_key = model.representation_key if ctx.weighting.needs_representation else None
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
                    file=log_stream, dynamic_ncols=True)
         for step, batch in enumerate(bar):
             images, targets = self._to_device(batch)
-            out = model(images)
-            losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]) for t in ctx.tasks])
-            extra = ctx.distiller.training_step(images, targets, out)
-            self.optimizer.zero_grad(set_to_none=True)
-            weights = ctx.weighting.backward(
-                losses, extra_loss=extra,
-                representation=out.features[representation_key] if representation_key else None,
-            )
-            self.optimizer.step()
-            detached = losses.detach()
-            ctx.weighting.after_step(detached, recompute_losses=self._recompute(images, targets))
-            ctx.distiller.after_step()
+            detached, weights = self.training_step(images, targets)
             loss_sum += detached
             weight_sum += weights
             steps += 1
@@ -232,6 +224,24 @@ class Trainer:
             raise RuntimeError("the training split yielded no batch (batch_size larger than the split "
                                "with drop_last=true?)")
         return loss_sum / steps, weight_sum / steps
+
+    def training_step(self, images: Tensor, targets: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """One optimisation step: ONE student forward, the weighting's backward, the optimizer step.
+
+        Returns the detached (K,) task losses and the (K,) weights used, both left on the device.
+        """
+        ctx, model = self.ctx, self.ctx.model
+        out = model(images)
+        losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]) for t in ctx.tasks])
+        extra = ctx.distiller.training_step(images, targets, out)
+        self.optimizer.zero_grad(set_to_none=True)
+        representation = out.features[model.representation_key] if ctx.weighting.needs_representation else None
+        weights = ctx.weighting.backward(losses, extra_loss=extra, representation=representation)
+        self.optimizer.step()
+        detached = losses.detach()
+        ctx.weighting.after_step(detached, recompute_losses=self._recompute(images, targets))
+        ctx.distiller.after_step()
+        return detached, weights
 
     def _recompute(self, images: Tensor, targets: Mapping[str, Tensor]) -> Callable[[], Tensor]:
         """Losses of the same batch after the step (only methods that ask pay the forward pass)."""
