@@ -34,6 +34,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     ctx = RunContext(
         model=model, tasks=tasks, data=data, weighting=weighting, distiller=distiller, logger=logger,
         run_dir=Path(run_dir), seed=int(cfg.seed), config=config, choices=dict(choices or {}),
+        build_model=lambda task_list: _instantiate(cfg.backbone, "backbone", tasks=list(task_list)),
     )
     return trainer, ctx
 

@@ -53,6 +53,8 @@ class RunContext:
     seed: int = 0
     config: dict = field(default_factory=dict)
     choices: dict = field(default_factory=dict)
+    #: builds a fresh network of the configured backbone for a task list (teachers, STL baselines)
+    build_model: Callable[[Sequence[Task]], MultiTaskModel] | None = None
 
 
 class Trainer:
@@ -141,7 +143,7 @@ class Trainer:
             last_shared_parameters=model.last_shared_parameters(),
         ))
         ctx.weighting.to(self.device)
-        ctx.distiller.setup(model, ctx.tasks, self.device)
+        ctx.distiller.setup(model, ctx.tasks, self.device, build_model=ctx.build_model)
         self.optimizer = self.optimizer_factory(
             [{"params": [p for p in model.parameters() if p.requires_grad]}]
             + ctx.distiller.student_param_groups()
@@ -300,6 +302,11 @@ class Trainer:
         if ctx.data.select_split not in (self.eval_splits or available):
             raise ValueError(f"the model-selection split {ctx.data.select_split!r} is not evaluated; "
                              f"add it to trainer.eval_splits")
+        if ctx.weighting.needs_reference_losses and not ctx.distiller.provides_reference_losses:
+            raise ValueError(
+                f"weighting {type(ctx.weighting).__name__} needs teacher losses, but kd="
+                f"{ctx.choices.get('kd', type(ctx.distiller).__name__)} provides none; use kd=okd "
+                f"(online teachers) or another weighting")
         directions = metric_directions(ctx.tasks)
         if self.monitor != "loss" and self.monitor not in directions:
             raise ValueError(f"trainer.monitor={self.monitor!r} is not a metric of these tasks; use 'loss' "

@@ -7,7 +7,7 @@ teachers' mean task losses (OTW reads them) and anything worth logging.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +22,18 @@ class Distiller(nn.Module):
     #: True when :meth:`reference_losses` gives per-task teacher losses (needed by OTW).
     provides_reference_losses: bool = False
 
-    def setup(self, student: MultiTaskModel, tasks: Sequence[Task], device: torch.device) -> None:
-        """Build teachers/adaptors for this student and task list (called once, before training)."""
+    def setup(
+        self,
+        student: MultiTaskModel,
+        tasks: Sequence[Task],
+        device: torch.device,
+        build_model: Callable[[Sequence[Task]], MultiTaskModel] | None = None,
+    ) -> None:
+        """Build teachers/adaptors for this student and task list (called once, before training).
+
+        ``build_model(tasks)`` builds a fresh network of the configured backbone for the given
+        tasks (e.g. one single-task teacher per task).
+        """
 
     def student_param_groups(self) -> list[dict]:
         """Parameters trained by the student's optimizer (e.g. AFD gates)."""

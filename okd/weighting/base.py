@@ -50,8 +50,10 @@ class BoundModel:
 class Weighting(nn.Module):
     """Base class of every task-weighting method. Subclass one of the two families below."""
 
-    #: True when the method needs the shared representation (the ``features`` argument of backward).
+    #: True when the method needs the shared representation (the ``representation`` argument of backward).
     needs_representation: bool = False
+    #: True when the method needs per-task reference (teacher) losses in ``on_epoch_end`` (OTW).
+    needs_reference_losses: bool = False
 
     def __init__(self) -> None:
         super().__init__()
