@@ -53,7 +53,8 @@ def _instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:
         cause = err
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        raise ConfigError(f"{group}: {cause}") from err
+        message = str(cause)
+        raise ConfigError(message if message.startswith(group) else f"{group}: {message}") from err
 
 
 class ConfigError(ValueError):

@@ -133,6 +133,8 @@ class WandbLogger(Logger):
         self.name, self.tags, self.notes = name, list(tags), notes
         self.mode = resolve_wandb_mode(mode)
         self._run = None
+        self._run_id: str | None = None
+        self._description: str | None = None
 
     def start(self, run_dir: Path, config: dict, resume_id: str | None = None) -> None:
         import wandb  # imported here: it is slow to import and unused with logger=none
@@ -142,6 +144,8 @@ class WandbLogger(Logger):
             name=self.name, tags=self.tags, notes=self.notes, config=config, dir=str(run_dir),
             mode=self.mode, id=resume_id, resume="allow" if resume_id else None,
         )
+        self._run_id = self._run.id
+        self._description = self._describe_run()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if self._run is not None:
@@ -159,16 +163,19 @@ class WandbLogger(Logger):
 
     @property
     def run_id(self) -> str | None:
-        return None if self._run is None else self._run.id
+        return self._run_id
 
     def describe(self) -> str:
-        if self._run is None:
-            return f"W&B ({self.mode})"
-        where = getattr(self._run, "dir", "")
+        return self._description or f"W&B ({self.mode})"
+
+    def _describe_run(self) -> str:
+        run = self._run
+        run_dir = Path(getattr(run, "dir", "")).parent  # <run dir>/wandb/<offline-run-...>
         if self.mode == "offline":
-            return f"W&B offline run {self._run.id} in {Path(where).parent} (upload: wandb sync {Path(where).parent})"
-        url = getattr(self._run, "url", None)
-        return f"W&B run {self._run.id}: {url or where}"
+            return f"W&B offline run {run.id} in {run_dir} (upload later: wandb sync {run_dir})"
+        if self.mode == "disabled":
+            return "W&B disabled"
+        return f"W&B run {run.id}: {getattr(run, 'url', None) or run_dir}"
 
 
 def format_epoch_table(epoch: int, rows: Mapping[str, Mapping[str, float]], seconds: float) -> str:
