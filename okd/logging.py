@@ -178,13 +178,22 @@ class WandbLogger(Logger):
         return f"W&B run {run.id}: {getattr(run, 'url', None) or run_dir}"
 
 
+ABBREVIATIONS = {"segmentation": "seg", "normal": "nrm", "weight": "w", "loss": "L", "within_": "<"}
+
+
 def format_epoch_table(epoch: int, rows: Mapping[str, Mapping[str, float]], seconds: float) -> str:
     """One compact block per epoch: a line per split with its losses/metrics."""
     lines = [f"epoch {epoch:>3} ({seconds:.1f}s)"]
     for split, values in rows.items():
-        cells = "  ".join(f"{k}={_short(v)}" for k, v in values.items())
+        cells = "  ".join(f"{_abbreviate(k)} {_short(v)}" for k, v in values.items())
         lines.append(f"  {split:<5} {cells}")
     return "\n".join(lines)
+
+
+def _abbreviate(key: str) -> str:
+    for long, short in ABBREVIATIONS.items():
+        key = key.replace(long, short)
+    return key
 
 
 def _short(v: float) -> str:
