@@ -35,6 +35,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
         model=model, tasks=tasks, data=data, weighting=weighting, distiller=distiller, logger=logger,
         run_dir=Path(run_dir), seed=int(cfg.seed), config=config, choices=dict(choices or {}),
         build_model=lambda task_list: _instantiate(cfg.backbone, "backbone", tasks=list(task_list)),
+        delta=OmegaConf.to_container(cfg.delta, resolve=True) if "delta" in cfg else {},
     )
     return trainer, ctx
 

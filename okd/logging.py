@@ -53,12 +53,16 @@ class RunRecorder:
             f.write(json.dumps(_jsonable(dict(row))) + "\n")
             f.flush()
 
+    def rows(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
     def truncate_after(self, epoch: int) -> None:
         """Drop rows of epochs > ``epoch`` (a resumed run redoes them)."""
         if not self.metrics_path.exists():
             return
-        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if r.get("epoch", -1) <= epoch]
+        kept = [r for r in self.rows() if r.get("epoch", -1) <= epoch]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:

@@ -95,9 +95,16 @@ def test_logger_options_build_a_logger(option):
 @pytest.mark.parametrize("option", options("experiment"))
 def test_experiment_presets_compose(option):
     cfg = compose_cfg([f"experiment={option}"])
-    assert cfg.name == option or cfg.name  # every preset names itself
+    assert cfg.name == option  # every preset names itself (its W&B group)
     for group in ("dataset", "backbone", "weighting", "kd", "trainer", "logger"):
         assert "_target_" in cfg[group]
+
+
+@pytest.mark.parametrize("option", options("reference"))
+def test_reference_numbers_fill_delta_reference(option):
+    cfg = compose_cfg([f"reference={option}"])
+    assert cfg.delta.reference["segmentation/miou"] > 0
+    assert all("/" in key for key in cfg.delta.reference)
 
 
 def test_objects_receive_plain_containers_not_dictconfig():

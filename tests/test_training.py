@@ -133,3 +133,37 @@ def test_every_weighting_trains_through_the_real_loop(tmp_path, method):
     weights = [train[f"weight/{t}"] for t in ("segmentation", "depth", "normal")]
     assert all(np.isfinite(weights)), weights
     assert np.isfinite(summary["final"]["test"]["loss"])
+
+
+def test_summary_records_selections_and_deltas_against_stl_runs(tmp_path):
+    from okd.metrics import deltas
+    from okd.tasks import build_tasks, metric_directions
+
+    stl = []
+    for task in ("segmentation", "depth"):
+        run(compose_cfg([*TINY, "trainer.epochs=1", f"dataset.tasks=[{task}]"]), tmp_path / task)
+        stl.append(str(tmp_path / task))
+    single = json.loads((tmp_path / "depth" / "summary.json").read_text())
+    assert single["delta"]["base"] is None and "single-task" in single["delta"]["reason"]
+    summary = run(compose_cfg([*TINY, "trainer.epochs=3", "dataset.tasks=[segmentation,depth]",
+                               "delta.last_n=2", f"delta.stl_runs=[{stl[0]},{stl[1]}]"]), tmp_path / "mtl")
+    sel = summary["selection"]
+    assert sel["last"]["epoch"] == 2 and sel["last_n_mean"]["epochs"] == [1, 2]
+    assert sel["best"]["chosen_on"] == "val" and sel["best"]["split"] == "test"
+    history = [r for r in rows(tmp_path / "mtl") if r["split"] == "test"]
+    assert sel["last_n_mean"]["metrics"]["depth/abs_err"] == pytest.approx(
+        (history[1]["depth/abs_err"] + history[2]["depth/abs_err"]) / 2)
+    base = {**json.loads((tmp_path / "segmentation" / "summary.json").read_text())["selection"]["best"]["metrics"],
+            **single["selection"]["best"]["metrics"]}
+    assert summary["delta"]["base"]["values"] == base
+    directions = metric_directions(build_tasks(["segmentation", "depth"], 7))
+    for name in ("best", "last", "last_n_mean"):
+        assert summary["delta"][name] == pytest.approx(deltas(sel[name]["metrics"], base, directions))
+
+
+def test_delta_from_reference_numbers_and_none_without_a_base(tmp_path):
+    summary = run(compose_cfg([*TINY, "trainer.epochs=1"]), tmp_path / "none")
+    assert summary["delta"]["base"] is None and "no single-task base" in summary["delta"]["reason"]
+    summary = run(compose_cfg([*TINY, "trainer.epochs=1", "reference=nyuv2_segnet_mtan"]), tmp_path / "ref")
+    assert summary["delta"]["base"]["source"].startswith("reference numbers")
+    assert summary["delta"]["best"]["delta_m"] < 0  # a one-epoch toy is far below the published STL
