@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     except (ValueError, FileNotFoundError, TypeError) as err:
         print(f"okd: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    best = summary.get("best") or {}
+    best = summary.get("best") or {} if isinstance(summary, dict) else {}
     return best.get("value")  # what a Hydra sweeper (e.g. Optuna) optimises
 
 

@@ -40,8 +40,23 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     return trainer, ctx
 
 
+MODES = ("train", "eval", "predict")
+
+
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """``mode=train`` (default) trains; ``mode=eval``/``mode=predict`` use ``ckpt=<path>``."""
+    mode = cfg.get("mode", "train")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {list(MODES)}")
+    if mode != "train" and "logger" in cfg:
+        cfg.logger = {"_target_": "okd.logging.NullLogger"}  # evaluation makes no tracker run
     trainer, ctx = build(cfg, run_dir, choices)
+    if mode == "eval":
+        from okd.engine.evaluate import evaluate_checkpoint
+        return evaluate_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("eval_split"))
+    if mode == "predict":
+        from okd.engine.evaluate import predict_checkpoint
+        return {"predictions": [str(p) for p in predict_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("input"))]}
     return trainer.fit(ctx)
 
 

@@ -167,3 +167,27 @@ def test_delta_from_reference_numbers_and_none_without_a_base(tmp_path):
     summary = run(compose_cfg([*TINY, "trainer.epochs=1", "reference=nyuv2_segnet_mtan"]), tmp_path / "ref")
     assert summary["delta"]["base"]["source"].startswith("reference numbers")
     assert summary["delta"]["best"]["delta_m"] < 0  # a one-epoch toy is far below the published STL
+
+
+def test_eval_mode_reproduces_training_time_metrics(tmp_path):
+    run(compose_cfg([*TINY, "trainer.epochs=1"]), tmp_path / "train")
+    for ckpt in ("last.pt", "best.pt"):
+        out = run(compose_cfg([*TINY, "mode=eval", f"ckpt={tmp_path / 'train' / 'checkpoints' / ckpt}"]),
+                  tmp_path / f"eval-{ckpt}")
+        assert out["matches_training_time_metrics"] == {"val": "identical", "test": "identical"}
+        recorded = rows(tmp_path / "train")[-1]  # epoch 0, test
+        assert out["metrics"]["test"]["segmentation/miou"] == recorded["segmentation/miou"]
+        assert json.loads((tmp_path / f"eval-{ckpt}" / "eval.json").read_text())["epoch"] == 0
+
+
+def test_eval_mode_names_what_differs_in_a_mismatched_checkpoint(tmp_path):
+    run(compose_cfg([*TINY, "trainer.epochs=1"]), tmp_path / "train")
+    ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
+    with pytest.raises(ValueError, match="shape differs"):
+        run(compose_cfg([*TINY, "mode=eval", f"ckpt={ckpt}", "backbone.width=0.25"]), tmp_path / "e1")
+    with pytest.raises(ValueError, match=r"trained on tasks \['segmentation', 'depth', 'normal'\]"):
+        run(compose_cfg([*TINY, "mode=eval", f"ckpt={ckpt}", "dataset.tasks=[depth]"]), tmp_path / "e2")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        run(compose_cfg([*TINY, "mode=eval", f"ckpt={tmp_path / 'nope.pt'}"]), tmp_path / "e3")
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        run(compose_cfg([*TINY, "mode=eval"]), tmp_path / "e4")

@@ -68,3 +68,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def check_model_state(model: torch.nn.Module, state_dict: dict[str, Any], path: Path,
+                      checkpoint_info: dict[str, Any] | None = None, current_info: dict[str, Any] | None = None) -> None:
+    """Fail with one message listing every difference between a checkpoint and the model built now."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"checkpoint {path} does not match the model built from this config:"]
+    info, now = checkpoint_info or {}, current_info or {}
+    for key in sorted(set(info) | set(now)):
+        if info.get(key) != now.get(key):
+            lines.append(f"  {key}: checkpoint {info.get(key)!r}, this run {now.get(key)!r}")
+    for title, items in (("missing in checkpoint", missing), ("not in this model", unexpected),
+                         ("shape differs", shapes)):
+        if items:
+            lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
+    raise ValueError("\n".join(lines))

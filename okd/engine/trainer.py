@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from okd.data.base import DataBundle
-from okd.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
 from okd.logging import Logger, NullLogger, RunRecorder, format_epoch_table, log_stream
 from okd.models.base import MultiTaskModel
@@ -340,7 +340,9 @@ class Trainer:
             "best": self.best,
             "wandb_id": ctx.logger.run_id,
             "tasks": [t.name for t in ctx.tasks],
+            "num_classes": ctx.data.num_classes,
             "choices": dict(ctx.choices),
+            "metrics": {s: dict(r) for s, r in getattr(self, "last_rows", {}).items()},
         }
 
     def _save(self, epoch: int) -> None:
@@ -356,11 +358,7 @@ class Trainer:
                 f"trainer.resume=true but there is no checkpoint at {path}; point the run at the run "
                 f"directory to resume, e.g. `python run.py trainer.resume=true hydra.run.dir=<run dir>`")
         state = load_checkpoint(path, map_location=self.device)
-        names = [t.name for t in self.ctx.tasks]
-        if state.get("tasks") != names:
-            raise ValueError(f"cannot resume from {path}: it was trained on tasks {state.get('tasks')}, "
-                             f"this run has {names}")
-        self.ctx.model.load_state_dict(state["model"])
+        self.load_model_state(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -424,6 +422,18 @@ class Trainer:
             except ValueError as err:
                 out[name] = {"error": str(err)}
         return out
+
+    def load_model_state(self, state: dict[str, Any], path: Path) -> None:
+        """Load a checkpoint's weights into the model, with every mismatch named."""
+        ctx = self.ctx
+        names = [t.name for t in ctx.tasks]
+        if state.get("tasks") != names:
+            raise ValueError(f"checkpoint {path} was trained on tasks {state.get('tasks')}; this run has {names} "
+                             f"(set dataset.tasks to match)")
+        check_model_state(ctx.model, state["model"], path,
+                          {**state.get("choices", {}), "num_classes": state.get("num_classes")},
+                          {**ctx.choices, "num_classes": ctx.data.num_classes} if ctx.choices else None)
+        ctx.model.load_state_dict(state["model"])
 
     def _summary(self, seconds: float, epoch_times: list[float]) -> dict[str, Any]:
         ctx = self.ctx

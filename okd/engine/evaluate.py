@@ -1,0 +1,79 @@
+"""``mode=eval`` and ``mode=predict``: use a trained checkpoint without training.
+
+Both build the same objects as training (so the checkpoint is checked against the configured
+backbone, tasks and class count), load the weights with ``weights_only=True`` and run under
+``torch.inference_mode``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from okd.engine.checkpoint import load_checkpoint
+from okd.engine.trainer import RunContext, Trainer
+from okd.logging import atomic_write_text, log_stream
+
+
+def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str, Any], Path]:
+    if not ckpt:
+        raise ValueError("this mode needs a checkpoint: add ckpt=<path to last.pt or best.pt>")
+    path = Path(ckpt)
+    trainer.setup(ctx)
+    state = load_checkpoint(path, map_location=trainer.device)
+    trainer.load_model_state(state, path)
+    return state, path
+
+
+def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, split: str | None) -> dict[str, Any]:
+    """Evaluate on one split (or every evaluation split); compare with the training-time numbers."""
+    state, path = _load(trainer, ctx, ckpt)
+    splits = [split] if split else list(trainer.eval_loaders)
+    for s in splits:
+        if s not in ctx.data.eval_splits:
+            raise ValueError(f"eval_split={s!r} is not an evaluation split of {ctx.data.name!r} "
+                             f"(available: {sorted(ctx.data.eval_splits)})")
+    results = {s: trainer.evaluate(trainer._loader(ctx.data.eval_splits[s], trainer.eval_batch_size, False), s)
+               for s in splits}
+    recorded = state.get("metrics") or {}
+    comparison = {s: _compare(results[s], recorded.get(s)) for s in splits}
+    out = {"checkpoint": str(path), "epoch": state.get("epoch"), "metrics": results,
+           "matches_training_time_metrics": comparison}
+    atomic_write_text(Path(ctx.run_dir) / "eval.json", json.dumps(out, indent=2) + "\n")
+    for s in splits:
+        cells = "  ".join(f"{k} {v:.4g}" for k, v in results[s].items())
+        print(f"eval {s} (epoch {state.get('epoch')}): {cells}", file=sys.stdout, flush=True)
+        print(f"  training-time metrics of this checkpoint: {comparison[s]}", file=sys.stdout, flush=True)
+    print(f"written: {Path(ctx.run_dir) / 'eval.json'}", file=log_stream, flush=True)
+    return out
+
+
+def _compare(now: dict[str, float], then: dict[str, float] | None) -> str:
+    if not then:
+        return "not recorded in the checkpoint"
+    keys = [k for k in now if k in then]
+    same = all(now[k] == then[k] or (isinstance(now[k], float) and math.isnan(now[k]) and math.isnan(then[k]))
+               for k in keys)
+    if same:
+        return "identical"
+    worst = max(keys, key=lambda k: abs(now[k] - then[k]))
+    return f"differ (largest: {worst} {then[worst]} at training time, {now[worst]} now)"
+
+
+def predict_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spec: str | None) -> list[Path]:
+    """Write per-input predictions (.npz) and PNG panels to <run dir>/predictions/."""
+    from okd.predict import collect_inputs, write_predictions
+
+    if not spec:
+        raise ValueError("mode=predict needs input=<image file | folder | split:<name>>")
+    _load(trainer, ctx, ckpt)
+    size = ctx.data.info.get("height"), ctx.data.info.get("width")
+    splits = {"train": ctx.data.train, **ctx.data.eval_splits}
+    inputs = collect_inputs(spec, splits, size=size if all(size) else None)
+    out_dir = Path(ctx.run_dir) / "predictions"
+    written = write_predictions(ctx.model, ctx.tasks, inputs, out_dir, trainer.device,
+                                batch_size=trainer.eval_batch_size, class_names=ctx.data.info.get("class_names"))
+    print(f"predictions for {len(inputs)} input(s) written to {out_dir}", file=log_stream, flush=True)
+    return written
