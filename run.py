@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float | None:
     runtime = HydraConfig.get().runtime
     try:
         summary = run(cfg, Path(runtime.output_dir), dict(runtime.choices))
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except (ValueError, OSError, TypeError, FloatingPointError) as err:
         print(f"okd: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     best = summary.get("best") or {} if isinstance(summary, dict) else {}

@@ -8,6 +8,10 @@ epoch (and every ``log_every_n_steps`` for the progress bar).
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from okd.data.base import DataBundle
+from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
 from okd.logging import Logger, NullLogger, RunRecorder, format_epoch_table, log_stream
@@ -80,6 +85,9 @@ class Trainer:
         log_every_n_steps: int = 25,
         deterministic: bool = False,
         drop_last: bool = False,
+        checkpoint_every_n_steps: int = 0,
+        nan_policy: str = "stop",
+        requeue: bool = True,
     ) -> None:
         _check_positive("trainer.epochs", epochs)
         _check_positive("trainer.batch_size", batch_size)
@@ -104,19 +112,37 @@ class Trainer:
         self.log_every_n_steps = log_every_n_steps
         self.deterministic = deterministic
         self.drop_last = drop_last
+        if resume not in (True, False, "auto"):
+            raise ValueError(f"trainer.resume must be true, false or auto, got {resume!r}")
+        if not isinstance(checkpoint_every_n_steps, int) or checkpoint_every_n_steps < 0:
+            raise ValueError(f"trainer.checkpoint_every_n_steps must be an integer >= 0 (0: at epoch ends "
+                             f"only), got {checkpoint_every_n_steps!r}")
+        if nan_policy not in ("stop", "skip"):
+            raise ValueError(f"trainer.nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+        self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self.nan_policy = nan_policy
+        self.requeue = requeue
+        self._signal: int | None = None
+        self._skipped_last = False
+        self._in_epoch: dict | None = None
+        self.skipped_steps = 0
 
     # ------------------------------------------------------------------------------------------
     def fit(self, ctx: RunContext) -> dict[str, Any]:
         """Train ``ctx.model`` and write metrics.jsonl, summary.json and checkpoints in ctx.run_dir."""
         self.setup(ctx)
         start_epoch, self.best, wandb_id = 0, None, None
-        if self.resume:
+        last = self.checkpoint_dir / "last.pt"
+        if self.resume is True or (self.resume == "auto" and last.is_file()):
             start_epoch, wandb_id = self._restore()
         ctx.logger.start(Path(ctx.run_dir), ctx.config, resume_id=wandb_id)
         self._announce(start_epoch)
+        if start_epoch == 0:
+            ctx.distiller.warmup(self.train_loader)  # e.g. OKD's teachers train alone first
         started = time.perf_counter()
         epoch_times: list[float] = []
         exit_code = 1
+        previous_handlers = _install_signal_handlers(self._on_signal)
         try:
             for epoch in range(start_epoch, self.epochs):
                 epoch_times.append(self._run_epoch(epoch))
@@ -124,10 +150,30 @@ class Trainer:
             self.recorder.write_summary(summary)
             ctx.logger.summary(_flat_summary(summary))
             exit_code = 0
+        except Preempted as stop:
+            exit_code = 128 + stop.signum
+            self._handle_preemption(stop)
         finally:
+            _restore_signal_handlers(previous_handlers)
             ctx.logger.finish(exit_code)
+        if exit_code != 0:
+            raise SystemExit(exit_code)
         self._farewell()
         return summary
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signal = signum  # acted on at the end of the current step
+
+    def _handle_preemption(self, stop: "Preempted") -> None:
+        name = signal.Signals(stop.signum).name
+        print(f"okd: {name} received: saved {self.checkpoint_dir / 'last.pt'} at epoch {stop.epoch}, step "
+              f"{stop.step}; resume with trainer.resume=true (or auto) in this run dir", file=log_stream, flush=True)
+        job = os.environ.get("SLURM_JOB_ID")
+        if self.requeue and job and stop.signum == signal.SIGUSR1:
+            # As Lightning's SLURM plugin does: put the same job back in the queue; it resumes from last.pt.
+            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            print(f"okd: scontrol requeue {job}: {'ok' if result.returncode == 0 else result.stderr.strip()}",
+                  file=log_stream, flush=True)
 
     def setup(self, ctx: RunContext) -> None:
         """Move to the device, bind weighting and distiller, build optimizer, scheduler and loaders."""
@@ -152,7 +198,7 @@ class Trainer:
             + ctx.weighting.param_groups()
         )
         self.scheduler = self.scheduler_factory(self.optimizer) if self.scheduler_factory else None
-        self.recorder = RunRecorder(ctx.run_dir)
+        self.recorder = RunRecorder(_writable_dir(Path(ctx.run_dir)))
         self.checkpoint_dir = Path(ctx.run_dir) / "checkpoints"
         self.directions = metric_directions(ctx.tasks)
         self.train_loader = self._loader(ctx.data.train, self.batch_size, shuffle=True)
@@ -165,7 +211,8 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> float:
         ctx = self.ctx
         t0 = time.perf_counter()
-        train_losses, train_weights = self._train_epoch(epoch)
+        train_losses, train_weights = self._train_epoch(epoch, self._in_epoch)
+        self._in_epoch = None
         ctx.weighting.on_epoch_end(epoch, train_losses, ctx.distiller.reference_losses())
         kd_logs = ctx.distiller.on_epoch_end(epoch)
         if self.scheduler is not None:
@@ -187,7 +234,7 @@ class Trainer:
         train_row["lr"] = self.optimizer.param_groups[0]["lr"]
         rows = {"train": train_row}
         for split, loader in self.eval_loaders.items():
-            rows[split] = self.evaluate(loader, split)
+            rows[split] = {**self.evaluate(loader, split), **ctx.distiller.evaluate(loader)}
         epoch_time = time.perf_counter() - t0
 
         for split, values in rows.items():
@@ -205,29 +252,67 @@ class Trainer:
         print(format_epoch_table(epoch, _console_rows(rows), epoch_time), file=log_stream, flush=True)
         return epoch_time
 
-    def _train_epoch(self, epoch: int) -> tuple[Tensor, Tensor]:
+    def _train_epoch(self, epoch: int, carry: dict | None = None) -> tuple[Tensor, Tensor]:
+        """One pass over the training split; ``carry`` continues an epoch interrupted mid-way."""
         ctx, model = self.ctx, self.ctx.model
         model.train()
         ctx.distiller.train()
         k = len(ctx.tasks)
-        loss_sum = torch.zeros(k, device=self.device)
-        weight_sum = torch.zeros(k, device=self.device)
-        steps = 0
-        self.train_loader.generator.manual_seed(ctx.seed * 100_003 + epoch)  # data order = f(seed, epoch)
+        if carry is None:
+            carry = {"step": 0, "loss_sum": torch.zeros(k), "weight_sum": torch.zeros(k),
+                     "first_bad": torch.full((k,), -1, dtype=torch.long)}
+        loss_sum = carry["loss_sum"].to(self.device)
+        weight_sum = carry["weight_sum"].to(self.device)
+        first_bad = carry["first_bad"].to(self.device)  # first non-finite step per task, on the device
+        start = carry["step"]
+        self.train_sampler.set_epoch(epoch, start * self.batch_size)  # data order = f(seed, epoch)
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
-                   file=log_stream, dynamic_ncols=True)
-        for step, batch in enumerate(bar):
+                   file=log_stream, dynamic_ncols=True, initial=start,
+                   total=start + len(self.train_loader))
+        step = start
+        for step, batch in enumerate(bar, start=start):
             images, targets = self._to_device(batch)
             detached, weights = self.training_step(images, targets)
-            loss_sum += detached
+            bad = ~torch.isfinite(detached)
+            first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
+            if self.nan_policy == "skip" and self._skipped_last:
+                continue
+            loss_sum += torch.where(bad, 0.0, detached)
             weight_sum += weights
-            steps += 1
-            if self.progress and (step + 1) % self.log_every_n_steps == 0:
-                bar.set_postfix(loss=f"{float(loss_sum.sum() / steps):.4g}")  # one sync per interval
-        if steps == 0:
-            raise RuntimeError("the training split yielded no batch (batch_size larger than the split "
-                               "with drop_last=true?)")
+            done = step + 1
+            if done % self.log_every_n_steps == 0:  # one host sync per interval
+                self._check_finite(first_bad, epoch)
+                if self.progress:
+                    bar.set_postfix(loss=f"{float(loss_sum.sum() / (done - self.skipped_steps)):.4g}")
+            state = {"step": done, "loss_sum": loss_sum, "weight_sum": weight_sum, "first_bad": first_bad}
+            if self._signal is not None or (self.checkpoint_every_n_steps and done % self.checkpoint_every_n_steps == 0
+                                            and done < len(self.train_loader) + start):
+                self._check_finite(first_bad, epoch)
+                self._save_mid_epoch(epoch, state)
+                if self._signal is not None:
+                    raise Preempted(self._signal, epoch, done)
+        self._check_finite(first_bad, epoch)
+        steps = step + 1 - self.skipped_steps
+        if steps <= 0:
+            raise RuntimeError("the training split yielded no usable batch (batch_size larger than the split "
+                               "with drop_last=true, or every step skipped as non-finite)")
         return loss_sum / steps, weight_sum / steps
+
+    def _check_finite(self, first_bad: Tensor, epoch: int) -> None:
+        if self.nan_policy == "skip":
+            return
+        steps = first_bad.tolist()
+        bad = [(t.name, s) for t, s in zip(self.ctx.tasks, steps) if s >= 0]
+        if bad:
+            where = ", ".join(f"task {name!r} at step {s}" for name, s in bad)
+            raise FloatingPointError(
+                f"non-finite training loss in epoch {epoch}: {where}; stopping. The last good checkpoint is "
+                f"{self.checkpoint_dir / 'last.pt'} (trainer.nan_policy=skip skips such steps instead)")
+
+    def _save_mid_epoch(self, epoch: int, carry: dict) -> None:
+        state = self._state(epoch - 1)
+        state["in_epoch"] = {"epoch": epoch, **{k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in carry.items()}}
+        save_checkpoint(self.checkpoint_dir / "last.pt", state)
 
     def training_step(self, images: Tensor, targets: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """One optimisation step: ONE student forward, the weighting's backward, the optimizer step.
@@ -241,11 +326,23 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         representation = out.features[model.representation_key] if ctx.weighting.needs_representation else None
         weights = ctx.weighting.backward(losses, extra_loss=extra, representation=representation)
+        self._skipped_last = False
+        if self.nan_policy == "skip" and not self._all_finite(losses):
+            # the one per-step host sync this policy needs: the step is dropped before it changes anything
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skipped_last = True
+            self.skipped_steps += 1
+            return losses.detach(), weights
         self.optimizer.step()
         detached = losses.detach()
         ctx.weighting.after_step(detached, recompute_losses=self._recompute(images, targets))
         ctx.distiller.after_step()
         return detached, weights
+
+    def _all_finite(self, losses: Tensor) -> bool:
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms = torch.stack([losses.detach().sum()] + [g.norm() for g in grads]) if grads else losses.detach()
+        return bool(torch.isfinite(norms).all())
 
     def _recompute(self, images: Tensor, targets: Mapping[str, Tensor]) -> Callable[[], Tensor]:
         """Losses of the same batch after the step (only methods that ask pay the forward pass)."""
@@ -289,10 +386,15 @@ class Trainer:
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         pin = self.device.type == "cuda" if self.pin_memory is None else self.pin_memory
+        sampler = ResumableRandomSampler(len(dataset), self.ctx.seed) if shuffle else None
+        if shuffle:
+            self.train_sampler = sampler
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
             pin_memory=pin, persistent_workers=self.persistent_workers,
-            drop_last=self.drop_last and shuffle, generator=torch.Generator() if shuffle else None,
+            drop_last=self.drop_last and shuffle,
+            # worker seeds (augmentation) come from this generator: a function of the run seed
+            generator=torch.Generator().manual_seed(self.ctx.seed),
         )
 
     def _validate(self, ctx: RunContext) -> None:
@@ -367,7 +469,12 @@ class Trainer:
         set_rng_state(state["rng"])
         self.best = state["best"]
         self.recorder.truncate_after(state["epoch"])
-        print(f"resuming from {path} after epoch {state['epoch']}", file=log_stream, flush=True)
+        self._in_epoch = state.get("in_epoch")
+        if self._in_epoch is not None:
+            print(f"resuming from {path} in epoch {self._in_epoch['epoch']} after step {self._in_epoch['step']}",
+                  file=log_stream, flush=True)
+        else:
+            print(f"resuming from {path} after epoch {state['epoch']}", file=log_stream, flush=True)
         return state["epoch"] + 1, state.get("wandb_id")
 
     def _selections(self) -> dict[str, dict]:
@@ -472,6 +579,41 @@ class Trainer:
         print(f"results: {Path(ctx.run_dir) / 'summary.json'} and metrics.jsonl; "
               f"checkpoints: {self.checkpoint_dir}; logger: {ctx.logger.describe()}",
               file=log_stream, flush=True)
+
+
+class Preempted(Exception):
+    """Raised at the end of the step during which SIGTERM/SIGUSR1 arrived (after saving last.pt)."""
+
+    def __init__(self, signum: int, epoch: int, step: int) -> None:
+        super().__init__(f"signal {signum} in epoch {epoch} at step {step}")
+        self.signum, self.epoch, self.step = signum, epoch, step
+
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _install_signal_handlers(handler) -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signal handlers can only be set from the main thread
+    return {sig: signal.signal(sig, handler) for sig in PREEMPTION_SIGNALS}
+
+
+def _restore_signal_handlers(previous: dict) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
+def _writable_dir(path: Path) -> Path:
+    """Fail before training when results could not be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".okd-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"the run directory {path} is not writable ({err.strerror or err}); choose another with "
+                      f"hydra.run.dir=<dir>") from err
+    return path
 
 
 def _check_positive(name: str, value: int) -> None:

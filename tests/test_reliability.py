@@ -1,0 +1,152 @@
+"""Reliability: mid-epoch and signal-driven resume, NaN guard, failed writes never lose a checkpoint."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from okd.app import build, run
+from okd.engine import checkpoint as ckpt_module
+from okd.engine.checkpoint import load_checkpoint
+from okd.engine.trainer import Trainer
+from test_config import compose_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["dataset.train_size=24", "dataset.val_size=4", "dataset.test_size=4", "dataset.height=32",
+        "dataset.width=32", "trainer.batch_size=4", "trainer.progress=false", "logger=none",
+        "trainer.log_every_n_steps=2"]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_mid_epoch_resume_is_exact(tmp_path, monkeypatch):
+    full = run(compose_cfg([*TINY, "trainer.epochs=2", "weighting=dwa"]), tmp_path / "full")
+    cut = [*TINY, "trainer.epochs=2", "weighting=dwa", "trainer.checkpoint_every_n_steps=2"]
+    real_step, calls = Trainer.training_step, {"n": 0}
+
+    def dying_step(self, images, targets):
+        calls["n"] += 1
+        if calls["n"] == 10:  # epoch 1, step 3: after the mid-epoch checkpoint of step 2
+            raise Killed()
+        return real_step(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "training_step", dying_step)
+    with pytest.raises(Killed):
+        run(compose_cfg(cut), tmp_path / "cut")
+    monkeypatch.setattr(Trainer, "training_step", real_step)
+    state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert state["in_epoch"]["epoch"] == 1 and state["in_epoch"]["step"] == 2
+    resumed = run(compose_cfg([*cut, "trainer.resume=auto"]), tmp_path / "cut")
+    assert resumed["final"] == full["final"]
+
+
+def test_sigterm_saves_and_exits_for_requeue_then_resume_matches(tmp_path):
+    args = [*TINY, "dataset.train_size=160", "trainer.epochs=3"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("SLURM_JOB_ID", None)
+    subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'full'}"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'cut'}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "cut").glob("metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.05)  # wait until epoch 0 is written: the signal lands in epoch 1 (of 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM received: saved" in err
+    state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert state.get("in_epoch") is not None or state["epoch"] >= 0
+    subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'cut'}",
+                    "trainer.resume=true"], check=True, env=env, capture_output=True, timeout=300)
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert cut["final"] == full["final"]
+
+
+def test_non_finite_loss_stops_with_task_epoch_and_step(tmp_path, monkeypatch):
+    from okd.tasks import Depth
+
+    real_loss, calls = Depth.loss, {"n": 0}
+
+    def bad_loss(self, pred, target):
+        calls["n"] += pred.requires_grad  # count training steps only (evaluation runs without grad)
+        value = real_loss(self, pred, target)
+        return value * float("nan") if pred.requires_grad and calls["n"] == 8 else value  # epoch 1, step 1
+
+    trainer, ctx = build(compose_cfg([*TINY, "trainer.epochs=3"]), tmp_path)
+    monkeypatch.setattr(Depth, "loss", bad_loss)
+    calls["n"] = 0
+    with pytest.raises(FloatingPointError, match=r"epoch 1: task 'depth' at step 1; stopping"):
+        trainer.fit(ctx)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 0  # the last good one
+
+
+def test_nan_policy_skip_drops_the_step_and_finishes(tmp_path, monkeypatch):
+    from okd.tasks import Depth
+
+    real_loss, calls = Depth.loss, {"n": 0}
+
+    def bad_loss(self, pred, target):
+        calls["n"] += pred.requires_grad
+        return real_loss(self, pred, target) * (float("inf") if pred.requires_grad and calls["n"] == 2 else 1.0)
+
+    trainer, ctx = build(compose_cfg([*TINY, "trainer.epochs=1", "trainer.nan_policy=skip"]), tmp_path)
+    monkeypatch.setattr(Depth, "loss", bad_loss)
+    before = [p.detach().clone() for p in ctx.model.parameters()]
+    summary = trainer.fit(ctx)
+    assert trainer.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in ctx.model.parameters())
+    assert summary["final"]["train"]["loss/depth"] < float("inf")
+    assert any(not torch.equal(a, b) for a, b in zip(before, ctx.model.parameters()))
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    run(compose_cfg([*TINY, "trainer.epochs=1"]), tmp_path)
+    good = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write checkpoint .*last.pt \(No space left on device\); "
+                                      r"the previous checkpoint there is intact"):
+        run(compose_cfg([*TINY, "trainer.epochs=2", "trainer.resume=true"]), tmp_path)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def test_unwritable_run_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match="is not writable"):
+        run(compose_cfg([*TINY, "trainer.epochs=1"]), blocker / "run")
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    run(compose_cfg([*TINY, "trainer.epochs=1"]), tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(RuntimeError, match=r"could not load checkpoint .*last.pt"):
+        run(compose_cfg([*TINY, "trainer.epochs=2", "trainer.resume=true"]), tmp_path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.resume=maybe", "trainer.resume must be true, false or auto"),
+    ("trainer.checkpoint_every_n_steps=-1", "checkpoint_every_n_steps must be an integer >= 0"),
+    ("trainer.nan_policy=ignore", "nan_policy must be 'stop' or 'skip'"),
+])
+def test_bad_reliability_options(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        build(compose_cfg([*TINY, override]), tmp_path)
