@@ -1,0 +1,442 @@
+"""Predictions on images or dataset samples: raw arrays (``.npz``) and a picture per input (``.png``).
+
+:func:`collect_inputs` turns an input spec into :class:`PredictInput` items: an image file
+(PNG/JPEG/... read with PIL), a folder of images (sorted by file name), or ``split:<name>`` /
+``split:<name>:<count>`` (samples of a dataset split, with their ground truth). Images are resized
+(bilinear, antialiased when shrinking) to the model's input size when one is given, and the
+predictions are resized back to the image's own size, so every output matches the input picture.
+
+:func:`write_predictions` runs the model in batches under ``torch.inference_mode`` and writes, per
+input ``<name>``:
+
+* ``<name>.npz``: ``image`` (3xHxW float32 in [0, 1]) and one array per predicted task:
+  ``segmentation`` (HxW int32 class ids), ``depth`` (HxW float32, the dataset's unit),
+  ``normal`` (3xHxW float32 unit vectors);
+* ``<name>.png``: a panel ``input | segmentation | depth | normal`` (the model's tasks only), a
+  second row with the ground truth when the input has targets, and a class legend when class
+  names are given. Layout: a header strip of :data:`HEADER` pixels, cells of the input's size
+  separated by :data:`GAP` pixels of white, one :data:`LEGEND_LINE`-pixel line per class shown.
+
+:func:`predict` yields the arrays without writing them; :func:`prediction_panels` returns the
+panels as PIL images (e.g. a few fixed images logged to W&B at evaluation time).
+
+Colours (fixed, so pictures of different runs compare):
+
+* segmentation: class ``c`` gets entry ``c + 1`` of the PASCAL VOC colour map (the bits of the
+  index spread over the high bits of R, G and B: 0 -> (128, 0, 0), 1 -> (0, 128, 0),
+  2 -> (128, 128, 0), 3 -> (0, 0, 128), ...); VOC entry 0 (black) is kept for ignored pixels;
+* depth: matplotlib's ``viridis`` (near = dark blue, far = yellow) over one range shared by the
+  prediction and the ground truth of the same input (printed in the header);
+* normals: RGB = (n + 1) / 2 per component;
+* ground-truth pixels without a target (label -1, depth 0, normal all zero) are black.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from okd.data.base import TASK_NAMES
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+HEADER = 14       # px: column titles
+GAP = 2           # px: white border between cells
+LEGEND_LINE = 12  # px: one class per line
+DEPTH_COLORMAP = "viridis"
+_BACKGROUND = 255
+
+
+@dataclass
+class PredictInput:
+    """One picture to predict on.
+
+    ``image`` is what the model sees (3xHxW float in [0, 1], already at the model's size);
+    ``original`` is the image as read when it was resized (predictions go back to its size);
+    ``targets`` are ground-truth tensors in the sample conventions of okd/data/base.py, at the
+    size of ``original`` (or of ``image`` when not resized).
+    """
+
+    name: str
+    image: Tensor
+    targets: dict[str, Tensor] | None = None
+    original: Tensor | None = None
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        shown = self.original if self.original is not None else self.image
+        return int(shown.shape[-2]), int(shown.shape[-1])
+
+    @property
+    def shown_image(self) -> Tensor:
+        return self.original if self.original is not None else self.image
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def collect_inputs(spec: str, splits: Mapping[str, Dataset] | None = None,
+                   size: tuple[int, int] | None = None) -> list[PredictInput]:
+    """Inputs named by ``spec``: an image file, a folder of images, or ``split:<name>[:<count>]``."""
+    if size is not None:
+        size = _check_size(size)
+    if spec.startswith("split:"):
+        return _split_inputs(spec, splits, size)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise FileNotFoundError(f"input folder {path} holds no images; expected files ending in "
+                                    f"{', '.join(IMAGE_EXTENSIONS)}")
+        names = _unique_names(files)
+        return [_image_input(name, read_image(f), size) for name, f in zip(names, files)]
+    if path.is_file():
+        return [_image_input(path.stem, read_image(path), size)]
+    available = f" (splits: {', '.join(sorted(splits))})" if splits else ""
+    raise FileNotFoundError(f"input {spec!r}: no such file or folder; expected an image file, a folder of "
+                            f"images or split:<name>{available}")
+
+
+def read_image(path: str | Path) -> Tensor:
+    """An image file as 3xHxW float32 in [0, 1] (RGB; grey, alpha and palettes converted)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, with the file named
+            img = ImageOps.exif_transpose(img).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {path}: {err} (expected a PNG/JPEG/... image file)") from err
+    array = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def _split_inputs(spec: str, splits: Mapping[str, Dataset] | None,
+                  size: tuple[int, int] | None) -> list[PredictInput]:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[1]:
+        raise ValueError(f"input {spec!r}: expected split:<name> or split:<name>:<count>")
+    name = parts[1]
+    if not splits:
+        raise ValueError(f"input {spec!r}: dataset splits are needed for a split input, none were given")
+    if name not in splits:
+        raise ValueError(f"input {spec!r}: unknown split {name!r}; available: {', '.join(sorted(splits))}")
+    dataset = splits[name]
+    count = len(dataset)
+    if len(parts) == 3:
+        if not parts[2].isdigit() or int(parts[2]) < 1:
+            raise ValueError(f"input {spec!r}: the count must be a positive integer, got {parts[2]!r}")
+        count = min(count, int(parts[2]))
+    inputs = []
+    for i in range(count):
+        sample = dataset[i]
+        targets = {k: v for k, v in sample.items() if k in TASK_NAMES}
+        inputs.append(_image_input(f"{name}_{i}", sample["image"].float(), size, targets or None))
+    return inputs
+
+
+def _image_input(name: str, image: Tensor, size: tuple[int, int] | None,
+                 targets: dict[str, Tensor] | None = None) -> PredictInput:
+    if size is None or tuple(image.shape[-2:]) == size:
+        return PredictInput(name, image, targets)
+    return PredictInput(name, resize_image(image, size), targets, original=image)
+
+
+def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of a 3xHxW image; antialiased when shrinking (like PIL) to avoid aliasing."""
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
+
+
+def _check_size(size) -> tuple[int, int]:
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be (height, width) with positive values, got {size}")
+    return size
+
+
+def _unique_names(files: Sequence[Path]) -> list[str]:
+    """File stems, with the extension kept where two files share a stem (a.png and a.jpg)."""
+    stems = [f.stem for f in files]
+    return [f.stem if stems.count(f.stem) == 1 else f.name.replace(".", "_") for f in files]
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions
+# ---------------------------------------------------------------------------------------------
+def write_predictions(model: torch.nn.Module, tasks: Sequence, inputs: Sequence[PredictInput],
+                      out_dir: str | Path, device: str | torch.device, batch_size: int = 8,
+                      class_names: Sequence[str] | None = None) -> list[Path]:
+    """Predict every input and write ``<name>.npz`` and ``<name>.png`` into ``out_dir``.
+
+    ``tasks``: the tasks to predict (Task objects or names), each one the model predicts. The model
+    is moved to ``device`` and put in eval mode. Inputs are batched by image size; each batch's
+    files are written before the next batch runs, so memory stays flat on long splits. Returns the
+    written paths in input order (npz, png, npz, png, ...).
+    """
+    duplicates = sorted({i.name for i in inputs if sum(j.name == i.name for j in inputs) > 1})
+    if duplicates:
+        raise ValueError(f"input names must be unique (they name the output files): {duplicates}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = _task_names(model, tasks)
+    written: dict[str, list[Path]] = {}
+    for item, pred in predict(model, names, inputs, device, batch_size):
+        written[item.name] = _write_one(item, pred, names, out_dir, class_names)
+    return [p for item in inputs for p in written[item.name]]
+
+
+def prediction_panels(model: torch.nn.Module, tasks: Sequence, inputs: Sequence[PredictInput],
+                      device: str | torch.device, batch_size: int = 8,
+                      class_names: Sequence[str] | None = None) -> list[tuple[str, "PIL.Image.Image"]]:
+    """``(name, PIL image)`` panels without writing files (e.g. a few fixed images for W&B)."""
+    names = _task_names(model, tasks)
+    return [(item.name, render_panel(item.shown_image, pred, names,
+                                     _target_arrays(item.targets, names) if item.targets else None, class_names))
+            for item, pred in predict(model, names, inputs, device, batch_size)]
+
+
+def predict(model: torch.nn.Module, tasks: Sequence, inputs: Sequence[PredictInput],
+            device: str | torch.device, batch_size: int = 8) -> Iterator[tuple[PredictInput, dict[str, np.ndarray]]]:
+    """Yield ``(input, {task: array})`` batch by batch (arrays as in the npz, at the input's size)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not inputs:
+        raise ValueError("no inputs to predict on")
+    names = _task_names(model, tasks)  # checked now, not at the first iteration
+    device = torch.device(device)
+    model.to(device).eval()
+    return _predict_batches(model, names, inputs, device, batch_size)
+
+
+def _predict_batches(model, names, inputs, device, batch_size):
+    for batch in _batches(inputs, batch_size):
+        yield from zip(batch, _predict_batch(model, names, batch, device))
+
+
+def _task_names(model: torch.nn.Module, tasks: Sequence) -> list[str]:
+    names = [t if isinstance(t, str) else t.name for t in tasks]
+    model_tasks = [t.name for t in getattr(model, "tasks", [])]
+    if not names:
+        raise ValueError("no task to predict")
+    unknown = [n for n in names if model_tasks and n not in model_tasks]
+    if unknown:
+        raise ValueError(f"the model does not predict {unknown}; it predicts {model_tasks}")
+    return names
+
+
+def _batches(inputs: Sequence[PredictInput], batch_size: int) -> list[list[PredictInput]]:
+    """Consecutive chunks of inputs of one model-input size (stacking needs equal sizes)."""
+    by_size: dict[tuple, list[PredictInput]] = {}
+    for item in inputs:
+        by_size.setdefault(tuple(item.image.shape), []).append(item)
+    return [items[i:i + batch_size] for items in by_size.values() for i in range(0, len(items), batch_size)]
+
+
+@torch.inference_mode()
+def _predict_batch(model: torch.nn.Module, names: Sequence[str], batch: Sequence[PredictInput],
+                   device: torch.device) -> list[dict[str, np.ndarray]]:
+    images = torch.stack([item.image for item in batch]).to(device)
+    try:
+        out = model(images).predictions
+    except RuntimeError as err:
+        raise RuntimeError(f"the model failed on inputs of size {tuple(images.shape[-2:])} "
+                           f"({[i.name for i in batch]}); pass the training size to resize them: {err}") from err
+    results: list[dict[str, np.ndarray]] = [{} for _ in batch]
+    for name in names:
+        raw = out[name].float()
+        for j, item in enumerate(batch):
+            results[j][name] = _to_output(name, raw[j:j + 1], item.output_size)
+    return results
+
+
+def _to_output(task: str, raw: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """One prediction (1xCxhxw) at the input's own size, as the npz array of its task."""
+    if tuple(raw.shape[-2:]) != size:
+        # logits, depth and normals are smooth fields: bilinear, then argmax / renormalise
+        raw = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
+        if task == "normal":
+            raw = F.normalize(raw, p=2, dim=1)
+    if task == "segmentation":
+        return raw.argmax(dim=1)[0].to(torch.int32).cpu().numpy()
+    if task == "depth":
+        return raw[0, 0].cpu().numpy().astype(np.float32)
+    return raw[0].cpu().numpy().astype(np.float32)
+
+
+def _write_one(item: PredictInput, pred: Mapping[str, np.ndarray], names: Sequence[str], out_dir: Path,
+               class_names: Sequence[str] | None) -> list[Path]:
+    npz = out_dir / f"{item.name}.npz"
+    np.savez_compressed(npz, image=item.shown_image.float().cpu().numpy().astype(np.float32), **pred)
+    png = out_dir / f"{item.name}.png"
+    targets = _target_arrays(item.targets, names) if item.targets else None
+    render_panel(item.shown_image, pred, names, targets, class_names).save(png)
+    return [npz, png]
+
+
+def _target_arrays(targets: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, np.ndarray]:
+    out = {}
+    for name in names:
+        if name in targets:
+            value = targets[name].cpu().numpy()
+            out[name] = value[0] if name == "depth" and value.ndim == 3 else value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures
+# ---------------------------------------------------------------------------------------------
+def palette(num_colors: int = 256) -> np.ndarray:
+    """PASCAL VOC colour map (num_colors x 3 uint8): the index's bits fill R, G, B from the top bit."""
+    colors = np.zeros((num_colors, 3), dtype=np.uint8)
+    for index in range(num_colors):
+        value, r, g, b = index, 0, 0, 0
+        for bit in range(7, -1, -1):
+            r |= (value & 1) << bit
+            g |= ((value >> 1) & 1) << bit
+            b |= ((value >> 2) & 1) << bit
+            value >>= 3
+        colors[index] = (r, g, b)
+    return colors
+
+
+_PALETTE = palette()
+
+
+def colorize_segmentation(labels: np.ndarray) -> np.ndarray:
+    """HxW class ids -> HxWx3 uint8: class c gets VOC colour c + 1; ignored (< 0 or > 254) black."""
+    labels = np.asarray(labels).astype(np.int64)
+    valid = (labels >= 0) & (labels < len(_PALETTE) - 1)
+    return np.where(valid[..., None], _PALETTE[np.clip(labels + 1, 0, len(_PALETTE) - 1)], 0).astype(np.uint8)
+
+
+def colorize_depth(depth: np.ndarray, vmin: float, vmax: float, valid: np.ndarray | None = None) -> np.ndarray:
+    """HxW depth -> HxWx3 uint8 with matplotlib's viridis over [vmin, vmax]; invalid pixels black."""
+    from matplotlib import colormaps
+
+    scale = (vmax - vmin) if vmax > vmin else 1.0
+    normed = np.clip((np.asarray(depth, dtype=np.float64) - vmin) / scale, 0.0, 1.0)
+    rgb = (colormaps[DEPTH_COLORMAP](normed)[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    if valid is not None:
+        rgb[~valid] = 0
+    return rgb
+
+
+def colorize_normal(normal: np.ndarray) -> np.ndarray:
+    """3xHxW unit normals -> HxWx3 uint8 RGB = (n + 1) / 2; all-zero (invalid) pixels black."""
+    normal = np.asarray(normal, dtype=np.float64)
+    rgb = (np.clip((normal.transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    rgb[~np.any(normal != 0, axis=0)] = 0
+    return rgb
+
+
+def image_to_rgb(image: Tensor | np.ndarray) -> np.ndarray:
+    array = image.float().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
+    return (np.clip(array.transpose(1, 2, 0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def depth_range(pred: np.ndarray, target: np.ndarray | None) -> tuple[float, float]:
+    """One colour range for a prediction and its ground truth: min/max over both (valid GT only)."""
+    values = [np.asarray(pred, dtype=np.float64).ravel()]
+    if target is not None:
+        values.append(np.asarray(target, dtype=np.float64)[np.asarray(target) != 0])
+    finite = np.concatenate(values)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    return float(finite.min()), float(finite.max())
+
+
+def render_panel(image: Tensor, pred: Mapping[str, np.ndarray], names: Sequence[str],
+                 targets: Mapping[str, np.ndarray] | None = None,
+                 class_names: Sequence[str] | None = None):
+    """The PNG panel as a PIL image (layout in the module docstring)."""
+    from PIL import Image, ImageDraw
+
+    h, w = image.shape[-2:]
+    rows = [[image_to_rgb(image)] + _task_cells(pred, names, targets, ground_truth=False)]
+    if targets:
+        rows.append([np.zeros((h, w, 3), np.uint8)] + _task_cells(pred, names, targets, ground_truth=True))
+    classes = _legend_classes(pred, targets, names, class_names)
+    ncols = len(rows[0])
+    width = ncols * w + (ncols + 1) * GAP
+    height = HEADER + len(rows) * h + (len(rows) + 1) * GAP + LEGEND_LINE * len(classes)
+    canvas = np.full((height, width, 3), _BACKGROUND, np.uint8)
+    for r, cells in enumerate(rows):
+        top = HEADER + GAP + r * (h + GAP)
+        for c, cell in enumerate(cells):
+            left = GAP + c * (w + GAP)
+            canvas[top:top + h, left:left + w] = cell
+    panel = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(panel)
+    for c, title in enumerate(_titles(pred, names, targets)):
+        draw.text((GAP + c * (w + GAP), 1), _fit(draw, title, w), fill=(0, 0, 0))
+    if targets:
+        draw.text((GAP + 2, HEADER + GAP + h + GAP + 2), _fit(draw, "ground truth", w - 4), fill=(255, 255, 255))
+    legend_top = HEADER + len(rows) * (h + GAP) + GAP
+    for i, (cls, label) in enumerate(classes):
+        y = legend_top + i * LEGEND_LINE
+        draw.rectangle([GAP, y + 1, GAP + 9, y + 10], fill=tuple(int(v) for v in _PALETTE[cls + 1]))
+        draw.text((GAP + 14, y), _fit(draw, f"{cls}: {label}", width - GAP - 16), fill=(0, 0, 0))
+    return panel
+
+
+def _task_cells(pred: Mapping[str, np.ndarray], names: Sequence[str], targets: Mapping[str, np.ndarray] | None,
+                ground_truth: bool) -> list[np.ndarray]:
+    cells = []
+    for name in names:
+        value = (targets or {}).get(name) if ground_truth else pred[name]
+        shape = pred[name].shape[-2:]
+        if value is None:  # the input has no target for this task
+            cells.append(np.zeros((*shape, 3), np.uint8))
+        elif name == "segmentation":
+            cells.append(colorize_segmentation(value))
+        elif name == "depth":
+            vmin, vmax = depth_range(pred[name], (targets or {}).get(name))
+            cells.append(colorize_depth(value, vmin, vmax, (value != 0) if ground_truth else None))
+        else:
+            cells.append(colorize_normal(value))
+    return cells
+
+
+def _titles(pred: Mapping[str, np.ndarray], names: Sequence[str], targets) -> list[str]:
+    titles = ["input"]
+    for name in names:
+        if name == "depth":
+            vmin, vmax = depth_range(pred[name], (targets or {}).get(name))
+            titles.append(f"depth {vmin:.3g}..{vmax:.3g}")
+        else:
+            titles.append(name)
+    return titles
+
+
+def _legend_classes(pred, targets, names, class_names) -> list[tuple[int, str]]:
+    if not class_names or "segmentation" not in names:
+        return []
+    present = set(np.unique(pred["segmentation"]).tolist())
+    if targets and "segmentation" in targets:
+        present |= set(np.unique(targets["segmentation"]).tolist())
+    # classes beyond the palette (>= 255) have no colour of their own and stay out of the legend
+    return [(c, class_names[c] if c < len(class_names) else str(c)) for c in sorted(present)
+            if 0 <= c < len(_PALETTE) - 1]
+
+
+def _fit(draw, text: str, width: int) -> str:
+    """Shorten ``text`` until it fits ``width`` pixels (small images get short titles)."""
+    while text and draw.textlength(text) > width:
+        text = text[:-1]
+    return text
+
+
+__all__ = ["PredictInput", "collect_inputs", "read_image", "resize_image", "write_predictions", "predict",
+           "prediction_panels", "palette",
+           "colorize_segmentation", "colorize_depth", "colorize_normal", "render_panel", "IMAGE_EXTENSIONS"]
