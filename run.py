@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> float | None:
 
     runtime = HydraConfig.get().runtime
     try:
-        summary = run(cfg, Path(runtime.output_dir), dict(runtime.choices))
+        summary = run(cfg, Path(runtime.output_dir), dict(runtime.choices), list(HydraConfig.get().overrides.task))
     except (ValueError, OSError, TypeError, FloatingPointError) as err:
         print(f"okd: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -43,12 +43,14 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
 MODES = ("train", "eval", "predict")
 
 
-def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None,
+        overrides: list[str] | None = None) -> dict[str, Any]:
     """``mode=train`` (default) trains; ``mode=eval``/``mode=predict`` use ``ckpt=<path>``."""
     mode = cfg.get("mode", "train")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {list(MODES)}")
-    if mode != "train" and "logger" in cfg:
+    if mode != "train":
+        cfg = _with_checkpoint_config(cfg, overrides or [])
         cfg.logger = {"_target_": "okd.logging.NullLogger"}  # evaluation makes no tracker run
     trainer, ctx = build(cfg, run_dir, choices)
     if mode == "eval":
@@ -58,6 +60,26 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
         from okd.engine.evaluate import predict_checkpoint
         return {"predictions": [str(p) for p in predict_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("input"))]}
     return trainer.fit(ctx)
+
+
+def _with_checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Rebuild the model the checkpoint was trained with: its dataset and backbone config replace the
+    composed ones, then the command line's own ``dataset.*``/``backbone.*`` overrides apply again
+    (e.g. ``dataset.root`` to evaluate on files elsewhere)."""
+    from okd.engine.checkpoint import load_checkpoint
+
+    ckpt = cfg.get("ckpt")
+    if not ckpt or not Path(ckpt).is_file():
+        return cfg  # the mode reports the missing checkpoint itself
+    saved = load_checkpoint(Path(ckpt)).get("config") or {}
+    cfg = cfg.copy()
+    for group in ("dataset", "backbone"):
+        if group in saved:
+            cfg[group] = saved[group]
+    again = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").startswith(("dataset.", "backbone."))]
+    if again:
+        cfg.merge_with_dotlist(again)
+    return cfg
 
 
 def _instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:

@@ -78,8 +78,14 @@ class Logger:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
+    #: whether :meth:`log_images` does something (panels are only rendered when it does)
+    accepts_images: bool = False
+
     def summary(self, values: Mapping[str, Any]) -> None:
         pass
+
+    def log_images(self, images: Mapping[str, Any], step: int) -> None:
+        """PIL images keyed by name."""
 
     def finish(self, exit_code: int = 0) -> None:
         pass
@@ -154,6 +160,14 @@ class WandbLogger(Logger):
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if self._run is not None:
             self._run.log(dict(metrics), step=step)
+
+    accepts_images = True
+
+    def log_images(self, images: Mapping[str, Any], step: int) -> None:
+        if self._run is not None and self.mode != "disabled":
+            import wandb
+
+            self._run.log({k: wandb.Image(v) for k, v in images.items()}, step=step)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         if self._run is not None:

@@ -68,3 +68,18 @@ def test_help_lists_every_group_with_its_options(tmp_path):
     for group in ("dataset", "backbone", "weighting", "kd", "logger"):
         options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
         assert f"{group}: {', '.join(options)}" in out
+
+
+def test_predict_needs_only_the_checkpoint_and_the_input(tmp_path):
+    okd(tmp_path, "trainer.epochs=1", "logger=none", "backbone.width=0.0625", "dataset.tasks=[depth,normal]",
+        *TINY, f"hydra.run.dir={tmp_path / 'train'}")
+    ckpt = tmp_path / "train" / "checkpoints" / "best.pt"
+    okd(tmp_path, "mode=predict", f"ckpt={ckpt}", "input=split:test:2", f"hydra.run.dir={tmp_path / 'pred'}")
+    files = sorted(p.name for p in (tmp_path / "pred" / "predictions").iterdir())
+    assert files == ["test_0.npz", "test_0.png", "test_1.npz", "test_1.png"]
+    import numpy as np
+    with np.load(tmp_path / "pred" / "predictions" / "test_0.npz") as npz:
+        assert sorted(npz.files) == ["depth", "image", "normal"]
+        assert npz["depth"].shape == (32, 32)
+    proc = okd(tmp_path, "mode=eval", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert "training-time metrics of this checkpoint: identical" in proc.stdout

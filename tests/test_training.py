@@ -116,6 +116,9 @@ def test_wandb_offline_run_reads_back(tmp_path):
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])  # epoch 1, test
     assert history[-1]["test/segmentation/miou"] == pytest.approx(last["segmentation/miou"])
     assert "train/weight/depth" in history[-1]
+    panels = {k.rsplit("/", 1)[0] for k in history[-1] if k.startswith("test/panel/")}
+    assert len(panels) == 4  # fixed samples of the report split, every epoch
+    assert all(history[-1][f"{p}/_type"] == "image-file" for p in panels)
     assert record["summary"]["final/test/depth/abs_err"] == pytest.approx(summary["final"]["test"]["depth/abs_err"])
     assert summary["wandb"]["id"] == record["run"].run_id
 
@@ -183,10 +186,13 @@ def test_eval_mode_reproduces_training_time_metrics(tmp_path):
 def test_eval_mode_names_what_differs_in_a_mismatched_checkpoint(tmp_path):
     run(compose_cfg([*TINY, "trainer.epochs=1"]), tmp_path / "train")
     ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
+    # overrides given on the command line apply on top of the checkpoint's own config
     with pytest.raises(ValueError, match="shape differs"):
-        run(compose_cfg([*TINY, "mode=eval", f"ckpt={ckpt}", "backbone.width=0.25"]), tmp_path / "e1")
+        run(compose_cfg([*TINY, "mode=eval", f"ckpt={ckpt}", "backbone.width=0.25"]), tmp_path / "e1",
+            overrides=["backbone.width=0.25"])
     with pytest.raises(ValueError, match=r"trained on tasks \['segmentation', 'depth', 'normal'\]"):
-        run(compose_cfg([*TINY, "mode=eval", f"ckpt={ckpt}", "dataset.tasks=[depth]"]), tmp_path / "e2")
+        run(compose_cfg([*TINY, "mode=eval", f"ckpt={ckpt}", "dataset.tasks=[depth]"]), tmp_path / "e2",
+            overrides=["dataset.tasks=[depth]"])
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         run(compose_cfg([*TINY, "mode=eval", f"ckpt={tmp_path / 'nope.pt'}"]), tmp_path / "e3")
     with pytest.raises(ValueError, match="needs a checkpoint"):

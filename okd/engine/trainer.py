@@ -88,6 +88,7 @@ class Trainer:
         checkpoint_every_n_steps: int = 0,
         nan_policy: str = "stop",
         requeue: bool = True,
+        log_images: int = 4,
     ) -> None:
         _check_positive("trainer.epochs", epochs)
         _check_positive("trainer.batch_size", batch_size)
@@ -119,6 +120,9 @@ class Trainer:
                              f"only), got {checkpoint_every_n_steps!r}")
         if nan_policy not in ("stop", "skip"):
             raise ValueError(f"trainer.nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+        if not isinstance(log_images, int) or log_images < 0:
+            raise ValueError(f"trainer.log_images must be an integer >= 0, got {log_images!r}")
+        self.log_images = log_images
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.nan_policy = nan_policy
         self.requeue = requeue
@@ -247,6 +251,7 @@ class Trainer:
                         if isinstance(v, (int, float))} | {"epoch": epoch, "epoch_time_s": epoch_time},
                        step=epoch)
         self.last_rows = rows
+        self._log_panels(epoch)
         self._update_best(epoch, rows)
         self._save(epoch)
         print(format_epoch_table(epoch, _console_rows(rows), epoch_time), file=log_stream, flush=True)
@@ -297,6 +302,20 @@ class Trainer:
             raise RuntimeError("the training split yielded no usable batch (batch_size larger than the split "
                                "with drop_last=true, or every step skipped as non-finite)")
         return loss_sum / steps, weight_sum / steps
+
+    def _log_panels(self, epoch: int) -> None:
+        """A few fixed samples of the report split as prediction panels (comparable across runs)."""
+        ctx = self.ctx
+        if not self.log_images or not ctx.logger.accepts_images:
+            return
+        from okd.predict import collect_inputs, prediction_panels
+
+        split = ctx.data.report_split
+        count = min(self.log_images, len(ctx.data.eval_splits[split]))
+        inputs = collect_inputs(f"split:{split}:{count}", ctx.data.eval_splits)
+        panels = prediction_panels(ctx.model, ctx.tasks, inputs, self.device,
+                                   class_names=ctx.data.info.get("class_names"))
+        ctx.logger.log_images({f"{split}/panel/{name}": image for name, image in panels}, step=epoch)
 
     def _check_finite(self, first_bad: Tensor, epoch: int) -> None:
         if self.nan_policy == "skip":
@@ -445,6 +464,9 @@ class Trainer:
             "num_classes": ctx.data.num_classes,
             "choices": dict(ctx.choices),
             "metrics": {s: dict(r) for s, r in getattr(self, "last_rows", {}).items()},
+            # what mode=eval/predict need to rebuild this model without other flags
+            "config": {k: ctx.config[k] for k in ("dataset", "backbone") if k in ctx.config},
+            "class_names": list(ctx.data.info.get("class_names") or []),
         }
 
     def _save(self, epoch: int) -> None:
