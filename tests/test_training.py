@@ -55,15 +55,25 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         run(compose_cfg([*TINY, "trainer.resume=true"]), tmp_path)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.batch_size=0", "trainer.batch_size must be a positive integer"),
-    ("trainer.monitor=depth/nope", "trainer.monitor"),
-    ("dataset.tasks=[depth,edges]", "unknown task"),
-])
-def test_bad_values_fail_before_training(tmp_path, override, message):
+BAD_INPUTS = [  # the README's bad-input table: each case fails before training with this message
+    (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer, got 0"),
+    (["trainer.epochs=abc"], "trainer.epochs must be a positive integer, got 'abc'"),
+    (["trainer.optimizer.lr=-0.1"], "trainer.optimizer/scheduler: Invalid learning rate: -0.1"),
+    (["trainer.monitor=depth/nope"], "trainer.monitor='depth/nope' is not a metric of these tasks"),
+    (["trainer.eval_splits=[nope]"], "trainer.eval_splits: 'nope' is not a split"),
+    (["dataset.tasks=[depth,edges]"], r"unknown task\(s\) \['edges'\]"),
+    (["dataset.tasks=[]"], "the task list is empty"),
+    (["dataset.train_size=0"], "train_size"),
+    (["weighting=dwa", "weighting.temperature=0"], "temperature"),
+    (["weighting=gradnorm", "weighting.alpha=-1"], "alpha"),
+    (["mode=nope"], r"mode='nope': expected one of \['train', 'eval', 'predict'\]"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_values_fail_before_training(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        trainer, ctx = build(compose_cfg([*TINY, override]), tmp_path)
-        trainer.fit(ctx)
+        run(compose_cfg([*TINY, *overrides]), tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
 
 

@@ -196,12 +196,16 @@ class Trainer:
         ))
         ctx.weighting.to(self.device)
         ctx.distiller.setup(model, ctx.tasks, self.device, build_model=ctx.build_model)
-        self.optimizer = self.optimizer_factory(
-            [{"params": [p for p in model.parameters() if p.requires_grad]}]
-            + ctx.distiller.student_param_groups()
-            + ctx.weighting.param_groups()
-        )
-        self.scheduler = self.scheduler_factory(self.optimizer) if self.scheduler_factory else None
+        try:
+            self.optimizer = self.optimizer_factory(
+                [{"params": [p for p in model.parameters() if p.requires_grad]}]
+                + ctx.distiller.student_param_groups()
+                + ctx.weighting.param_groups()
+            )
+            self.scheduler = self.scheduler_factory(self.optimizer) if self.scheduler_factory else None
+        except (ValueError, TypeError) as err:  # torch's own checks: "Invalid learning rate: -1.0", ...
+            raise ValueError(f"trainer.optimizer/scheduler: {err} (see conf/trainer/default.yaml for valid "
+                             f"settings: lr >= 0, weight_decay >= 0, ...)") from err
         self.recorder = RunRecorder(_writable_dir(Path(ctx.run_dir)))
         self.checkpoint_dir = Path(ctx.run_dir) / "checkpoints"
         self.directions = metric_directions(ctx.tasks)
