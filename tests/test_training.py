@@ -207,3 +207,11 @@ def test_eval_mode_names_what_differs_in_a_mismatched_checkpoint(tmp_path):
         run(compose_cfg([*TINY, "mode=eval", f"ckpt={tmp_path / 'nope.pt'}"]), tmp_path / "e3")
     with pytest.raises(ValueError, match="needs a checkpoint"):
         run(compose_cfg([*TINY, "mode=eval"]), tmp_path / "e4")
+
+
+def test_bf16_and_channels_last_train_and_evaluate(tmp_path):
+    summary = run(compose_cfg([*TINY, "trainer.epochs=1", "trainer.precision=bf16", "trainer.channels_last=true",
+                               "weighting=pcgrad"]), tmp_path)
+    assert np.isfinite(summary["final"]["test"]["loss"])
+    with pytest.raises(ValueError, match="trainer.precision must be 32 or bf16"):
+        build(compose_cfg([*TINY, "trainer.precision=16"]), tmp_path / "x")

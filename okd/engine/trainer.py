@@ -89,6 +89,9 @@ class Trainer:
         nan_policy: str = "stop",
         requeue: bool = True,
         log_images: int = 4,
+        precision: str | int = 32,
+        channels_last: bool = False,
+        cudnn_benchmark: bool = True,
     ) -> None:
         _check_positive("trainer.epochs", epochs)
         _check_positive("trainer.batch_size", batch_size)
@@ -123,6 +126,14 @@ class Trainer:
         if not isinstance(log_images, int) or log_images < 0:
             raise ValueError(f"trainer.log_images must be an integer >= 0, got {log_images!r}")
         self.log_images = log_images
+        self.precision = str(precision)
+        if self.precision not in ("32", "bf16"):
+            raise ValueError(
+                f"trainer.precision must be 32 or bf16, got {precision!r} (fp16 with gradient scaling is not "
+                f"available yet: several weighting methods manipulate gradients or learn weights outside the "
+                f"network, which a plain GradScaler would unscale wrongly)")
+        self.channels_last = channels_last
+        self.cudnn_benchmark = cudnn_benchmark
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.nan_policy = nan_policy
         self.requeue = requeue
@@ -188,6 +199,11 @@ class Trainer:
         if self.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         model = ctx.model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            # static shapes (fixed-size datasets): let cuDNN pick the fastest kernels once
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark and not self.deterministic
         ctx.weighting.bind(BoundModel(
             task_names=[t.name for t in ctx.tasks],
             shared_parameters=model.shared_parameters(),
@@ -275,6 +291,8 @@ class Trainer:
         first_bad = carry["first_bad"].to(self.device)  # first non-finite step per task, on the device
         start = carry["step"]
         self.train_sampler.set_epoch(epoch, start * self.batch_size)  # data order = f(seed, epoch)
+        # worker seeds (augmentation) = f(seed, epoch) too; persistent workers keep theirs across epochs
+        self.train_loader.generator.manual_seed(ctx.seed * 100_003 + epoch)
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
                    file=log_stream, dynamic_ncols=True, initial=start,
                    total=start + len(self.train_loader))
@@ -343,9 +361,10 @@ class Trainer:
         Returns the detached (K,) task losses and the (K,) weights used, both left on the device.
         """
         ctx, model = self.ctx, self.ctx.model
-        out = model(images)
-        losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]) for t in ctx.tasks])
-        extra = ctx.distiller.training_step(images, targets, out)
+        with self._autocast():
+            out = model(images)
+            losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]).float() for t in ctx.tasks])
+            extra = ctx.distiller.training_step(images, targets, out)
         self.optimizer.zero_grad(set_to_none=True)
         representation = out.features[model.representation_key] if ctx.weighting.needs_representation else None
         weights = ctx.weighting.backward(losses, extra_loss=extra, representation=representation)
@@ -370,7 +389,7 @@ class Trainer:
     def _recompute(self, images: Tensor, targets: Mapping[str, Tensor]) -> Callable[[], Tensor]:
         """Losses of the same batch after the step (only methods that ask pay the forward pass)."""
         def recompute() -> Tensor:
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 out = self.ctx.model(images)
                 return torch.stack([t.loss(out.predictions[t.name], targets[t.name]) for t in self.ctx.tasks])
         return recompute
@@ -385,7 +404,9 @@ class Trainer:
         count = 0
         for batch in loader:
             images, targets = self._to_device(batch)
-            out = model(images)
+            with self._autocast():
+                out = model(images)
+            out.predictions.update({k: v.float() for k, v in out.predictions.items()})
             n = images.shape[0]
             for i, t in enumerate(tasks):
                 pred, target = out.predictions[t.name], targets[t.name]
@@ -401,9 +422,15 @@ class Trainer:
         return row
 
     # ------------------------------------------------------------------------------------------
+    def _autocast(self):
+        """bf16 autocast for precision=bf16 (losses, metrics and weighting stay in fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
     def _to_device(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         nb = self.device.type == "cuda"
         images = batch["image"].to(self.device, non_blocking=nb)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         targets = {t.name: batch[t.name].to(self.device, non_blocking=nb) for t in self.ctx.tasks}
         return images, targets
 
