@@ -150,3 +150,49 @@ def test_truncated_checkpoint_is_named(tmp_path):
 def test_bad_reliability_options(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         build(compose_cfg([*TINY, override]), tmp_path)
+
+
+def test_sigkill_at_a_random_step_then_resume_matches(tmp_path):
+    """A real kill -9 at a random moment of training: resume ends with the uninterrupted run's numbers."""
+    import random
+
+    args = [*TINY, "dataset.train_size=160", "trainer.epochs=3", "trainer.checkpoint_every_n_steps=3"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    cmd = [sys.executable, str(ROOT / "run.py"), *args]
+    subprocess.run([*cmd, f"hydra.run.dir={tmp_path / 'full'}"], check=True, env=env, capture_output=True, timeout=300)
+    proc = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path / 'cut'}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 1.0))  # somewhere in the first two epochs (about 2 s each here)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill: make it longer"
+    subprocess.run([*cmd, f"hydra.run.dir={tmp_path / 'cut'}", "trainer.resume=true"], check=True, env=env,
+                   capture_output=True, timeout=300)
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert cut["final"] == full["final"]
+
+
+def test_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
+    """SIGKILL while a (large) checkpoint is being written: last.pt stays the old, loadable one."""
+    target = tmp_path / "last.pt"
+    ckpt_module.save_checkpoint(target, {"epoch": 1, "w": torch.zeros(4)})
+    script = (
+        "import sys, torch; from okd.engine.checkpoint import save_checkpoint; "
+        "save_checkpoint(sys.argv[1], {'epoch': 2, 'w': torch.randn(64, 1024, 1024)})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target)], cwd=ROOT)
+    tmp = tmp_path / ".last.pt.tmp"
+    deadline = time.time() + 60
+    while not (tmp.exists() and tmp.stat().st_size > 0) and time.time() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(timeout=60)
+    state = load_checkpoint(target)
+    assert state["epoch"] in (1, 2)  # never a torn file: the old one, or (if the rename won) the new one
+    if proc.returncode == -signal.SIGKILL and tmp.exists():
+        assert state["epoch"] == 1
