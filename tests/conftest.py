@@ -14,7 +14,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # test helpers (wandb_records)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: the tests use tiny tensors, where extra threads only add overhead (and oversubscribe
+# the 2-core CI machine while subprocess tests run).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

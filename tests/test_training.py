@@ -66,6 +66,7 @@ BAD_INPUTS = [  # the README's bad-input table: each case fails before training 
     (["dataset.train_size=0"], "train_size"),
     (["weighting=dwa", "weighting.temperature=0"], "temperature"),
     (["weighting=gradnorm", "weighting.alpha=-1"], "alpha"),
+    (["backbone=mtan_segnet", "backbone.width=0.0625", "weighting=mgda_ub"], "representation"),
     (["mode=nope"], r"mode='nope': expected one of \['train', 'eval', 'predict'\]"),
 ]
 

@@ -456,6 +456,8 @@ class Trainer:
         if ctx.data.select_split not in (self.eval_splits or available):
             raise ValueError(f"the model-selection split {ctx.data.select_split!r} is not evaluated; "
                              f"add it to trainer.eval_splits")
+        if ctx.weighting.needs_representation:
+            _ = ctx.model.representation_key  # soft-sharing models raise a clear error here, before training
         if ctx.weighting.needs_reference_losses and not ctx.distiller.provides_reference_losses:
             raise ValueError(
                 f"weighting {type(ctx.weighting).__name__} needs teacher losses, but kd="
