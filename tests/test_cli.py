@@ -62,10 +62,11 @@ def test_bad_value_is_one_clear_line_before_training(tmp_path):
 
 def test_help_lists_every_group_with_its_options(tmp_path):
     out = okd(tmp_path, "--help").stdout
-    for group in ("dataset", "backbone", "weighting", "kd", "trainer", "logger", "experiment"):
+    for group in ("dataset", "backbone", "weighting", "kd", "trainer", "logger", "protocol", "reference",
+                  "experiment"):
         assert f"\n  {group} " in out, group  # one explanatory line per group
     conf = ROOT / "conf"
-    for group in ("dataset", "backbone", "weighting", "kd", "logger"):
+    for group in ("dataset", "backbone", "weighting", "kd", "logger", "protocol", "reference"):
         options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
         assert f"{group}: {', '.join(options)}" in out
 

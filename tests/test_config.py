@@ -100,6 +100,16 @@ def test_experiment_presets_compose(option):
         assert "_target_" in cfg[group]
 
 
+@pytest.mark.parametrize("option", options("protocol"))
+def test_protocols_set_dataset_backbone_and_schedule(option):
+    cfg = compose_cfg([f"protocol={option}"])
+    dataset, backbone = option.split("_", 1)
+    assert cfg.hydra.runtime.choices["dataset"] == dataset
+    assert cfg.hydra.runtime.choices["backbone"] == backbone
+    assert cfg.trainer.epochs >= 100 and cfg.trainer.optimizer.lr == 1e-4 and cfg.backbone.pretrained is True
+    assert compose_cfg([f"protocol={option}", "trainer.epochs=3"]).trainer.epochs == 3  # the command line wins
+
+
 @pytest.mark.parametrize("option", options("reference"))
 def test_reference_numbers_fill_delta_reference(option):
     cfg = compose_cfg([f"reference={option}"])
