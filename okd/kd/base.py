@@ -7,7 +7,7 @@ teachers' mean task losses (OTW reads them) and anything worth logging.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,13 @@ class Distiller(nn.Module):
 
     def after_step(self) -> None:
         """Called after the student's optimizer step (teachers/adaptors step here)."""
+
+    def warmup(self, loader: Iterable[Mapping[str, Tensor]]) -> None:
+        """Before the first epoch of a fresh run (not on resume): e.g. teachers train alone."""
+
+    def evaluate(self, loader: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
+        """Scalars merged into the evaluation row of a split (e.g. ``teacher/<task>/<metric>``)."""
+        return {}
 
     def reference_losses(self) -> Tensor | None:
         """(K,) mean teacher training loss per task over the last finished epoch, or None."""
