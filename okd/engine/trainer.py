@@ -696,10 +696,11 @@ def _console_rows(rows: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str
     """Keep the console compact: losses and weights for train, metrics for evaluation splits."""
     out = {}
     for split, values in rows.items():
+        # the student's numbers only; teacher/AFD/gate values are in metrics.jsonl and W&B
         if split == "train":
             out[split] = {k: v for k, v in values.items() if k.startswith(("loss/", "weight/"))}
         else:
-            out[split] = {k: v for k, v in values.items() if not k.startswith("loss")}
+            out[split] = {k: v for k, v in values.items() if not k.startswith(("loss", "teacher/"))}
     return out
 
 
