@@ -216,3 +216,14 @@ def test_bf16_and_channels_last_train_and_evaluate(tmp_path):
     assert np.isfinite(summary["final"]["test"]["loss"])
     with pytest.raises(ValueError, match="trainer.precision must be 32 or bf16"):
         build(compose_cfg([*TINY, "trainer.precision=16"]), tmp_path / "x")
+
+
+@pytest.mark.parametrize("method", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "weighting").glob("*.yaml")))
+def test_every_weighting_trains_under_okd(tmp_path, method):
+    """The distillation loss joins every method's objective (the extra_loss of Weighting.backward)."""
+    summary = run(compose_cfg([*TINY, "kd=okd", "kd.warmup_epochs=0", f"weighting={method}", "trainer.epochs=1",
+                               "backbone.width=0.0625", "trainer.log_images=0"]), tmp_path)
+    train = rows(tmp_path)[0]
+    assert np.isfinite(train["afd/total"]) and train["afd/total"] > 0
+    assert all(np.isfinite(train[f"weight/{t}"]) for t in ("segmentation", "depth", "normal"))
+    assert summary["delta"]["base"]["source"].startswith("teachers")
