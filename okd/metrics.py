@@ -91,6 +91,8 @@ def sweep_stl_values(run_dir, dataset: str, backbone: str | None, tasks, selecti
 
     values, used = {}, []
     parent = Path(run_dir).resolve().parent
+    if not (parent / "multirun.yaml").is_file():
+        return values, used  # not a Hydra sweep: sibling dirs are unrelated runs (e.g. the same day's)
     for path in sorted(parent.glob("*/summary.json")):
         if path.parent == Path(run_dir).resolve():
             continue
@@ -107,16 +109,16 @@ def sweep_stl_values(run_dir, dataset: str, backbone: str | None, tasks, selecti
 def resolve_base(*, run_dir, tasks, dataset: str, backbone: str | None, teacher_values: Mapping[str, float],
                  stl_runs, reference: Mapping[str, float] | None, selection: str = "best") -> dict | None:
     """The base of delta_m/delta_p, by priority: this run's teachers (OKD), single-task runs given by
-    path, published reference numbers from config, single-task runs finished in the same sweep."""
+    path, single-task runs finished in the same sweep, published reference numbers from config."""
     if teacher_values:
         return {"source": "teachers of this run (single-task networks trained alongside)",
                 "values": dict(teacher_values)}
     if stl_runs:
         return {"source": f"single-task runs {list(map(str, stl_runs))}",
                 "values": stl_values_from_runs(stl_runs, selection)}
-    if reference:
-        return {"source": "reference numbers from config (delta.reference)", "values": dict(reference)}
     values, used = sweep_stl_values(run_dir, dataset, backbone, tasks, selection)
     if values:
         return {"source": f"single-task runs of the same sweep {used}", "values": values}
+    if reference:
+        return {"source": "reference numbers from config (delta.reference)", "values": dict(reference)}
     return None

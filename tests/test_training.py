@@ -227,3 +227,19 @@ def test_every_weighting_trains_under_okd(tmp_path, method):
     assert np.isfinite(train["afd/total"]) and train["afd/total"] > 0
     assert all(np.isfinite(train[f"weight/{t}"]) for t in ("segmentation", "depth", "normal"))
     assert summary["delta"]["base"]["source"].startswith("teachers")
+
+
+def test_single_task_runs_of_the_same_sweep_become_the_base(tmp_path):
+    sweep = tmp_path / "multirun"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")  # what Hydra writes at a sweep's root
+    for i, task in enumerate(("segmentation", "depth")):
+        run(compose_cfg([*TINY, "trainer.epochs=1", f"dataset.tasks=[{task}]"]), sweep / str(i),
+            choices={"backbone": "segnet"})
+    summary = run(compose_cfg([*TINY, "trainer.epochs=1", "dataset.tasks=[segmentation,depth]"]), sweep / "2",
+                  choices={"backbone": "segnet"})
+    assert summary["delta"]["base"]["source"].startswith("single-task runs of the same sweep")
+    (sweep / "multirun.yaml").unlink()  # the same dirs outside a sweep are not used
+    summary = run(compose_cfg([*TINY, "trainer.epochs=1", "dataset.tasks=[segmentation,depth]"]), sweep / "3",
+                  choices={"backbone": "segnet"})
+    assert summary["delta"]["base"] is None
