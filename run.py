@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import okd.config  # noqa: F401  (registers the resolvers conf/ uses)
@@ -25,6 +26,8 @@ def main(cfg: DictConfig) -> float | None:
         summary = run(cfg, Path(runtime.output_dir), dict(runtime.choices), list(HydraConfig.get().overrides.task))
     except (ValueError, OSError, TypeError, FloatingPointError) as err:
         print(f"okd: error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # in a sweep, fail this job only: the launcher/sweeper records it and goes on
         raise SystemExit(2) from None
     best = summary.get("best") or {} if isinstance(summary, dict) else {}
     return best.get("value")  # what a Hydra sweeper (e.g. Optuna) optimises

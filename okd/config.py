@@ -14,3 +14,5 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+import okd.launch  # noqa: E402,F401  (resolvers of conf/sweep/ and experiment=kdmtl_sweep)

@@ -45,7 +45,7 @@ DIRECTIONS = {f"{cls.name}/{m}": hib for cls in (Segmentation, Depth, Normal)
               for m, hib in cls.higher_is_better.items()}
 TASK_ORDER = ("segmentation", "depth", "normal")
 #: command-line overrides that do not change what a run computes (or are grouped on separately).
-IGNORED_OVERRIDES = ("seed", "name", "logger", "trainer.resume", "trainer.progress", "trainer.device",
+IGNORED_OVERRIDES = ("seed", "name", "sweep", "logger", "trainer.resume", "trainer.progress", "trainer.device",
                      "trainer.num_workers", "trainer.pin_memory", "trainer.persistent_workers",
                      "trainer.log_every_n_steps", "delta", "reference", "dataset.tasks", "hydra")
 #: config groups whose choice is part of a method's identity (``reference`` only picks a base).
