@@ -181,19 +181,24 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m okd.bench", description=__doc__.split("\n\n")[0])
+def add_timing_arguments(parser: argparse.ArgumentParser, width: float, size: str) -> None:
+    """Options shared by every benchmark of the project (network, shape, timing rounds, output)."""
     parser.add_argument("--backbone", default="segnet")
-    parser.add_argument("--width", type=float, default=0.25, help="backbone.width")
-    parser.add_argument("--size", default="96x128", help="HxW of the synthetic images")
+    parser.add_argument("--width", type=float, default=width, help="backbone.width")
+    parser.add_argument("--size", default=size, help="HxW of the synthetic images")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--methods", default="all", help="comma-separated weightings, or 'all'")
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m okd.bench", description=__doc__.split("\n\n")[0])
+    add_timing_arguments(parser, width=0.25, size="96x128")
+    parser.add_argument("--methods", default="all", help="comma-separated weightings, or 'all'")
     args = parser.parse_args(argv)
     result = run(args)
     print(format_table(result))

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from okd.bench import compose, peak_memory, time_rounds
+from okd.bench import add_timing_arguments, compose, peak_memory, time_rounds
 
 
 def okd_parts(overrides: list[str], run_dir: Path) -> dict:
@@ -119,18 +119,9 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m okd.kd.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="segnet")
-    parser.add_argument("--width", type=float, default=0.125, help="backbone.width")
-    parser.add_argument("--size", default="48x64", help="HxW of the synthetic images")
-    parser.add_argument("--batch", type=int, default=8)
+    add_timing_arguments(parser, width=0.125, size="48x64")
     parser.add_argument("--weighting", default="otw", help="the weighting of the OKD step (otw: the paper)")
-    parser.add_argument("--steps", type=int, default=10, help="steps per timing round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     result = run(args)
     print(format_table(result))
