@@ -35,12 +35,21 @@ class BoundModel:
         shared_parameters: parameters used by every task (encoder/decoder trunk).
         task_parameters: every other trainable parameter of the student (heads).
         last_shared_parameters: parameters of the last shared layer (GradNorm's W).
+        reduce_gradients: under distributed data parallelism, averages a tensor of per-task
+            gradients over the processes (each holds the gradients of its own shard of the batch),
+            so that every decision a method takes from gradients sees those of the whole batch and
+            is the same on every process. ``None`` (one process): identity.
     """
 
     task_names: list[str]
     shared_parameters: list[nn.Parameter]
     task_parameters: list[nn.Parameter] = field(default_factory=list)
     last_shared_parameters: list[nn.Parameter] = field(default_factory=list)
+    reduce_gradients: Callable[[Tensor], Tensor] | None = None
+
+    def reduce(self, grads: Tensor) -> Tensor:
+        """Per-task gradients of the whole (global) batch; see ``reduce_gradients``."""
+        return grads if self.reduce_gradients is None else self.reduce_gradients(grads)
 
     @property
     def num_tasks(self) -> int:
@@ -182,7 +191,7 @@ class GradientWeighting(Weighting):
             )
             rows.append(_flatten(grads[: len(shared)], shared))
             _accumulate(task_params, grads[len(shared):])
-        return torch.stack(rows)
+        return self.bound.reduce(torch.stack(rows))
 
     def backward(self, losses, extra_loss=None, representation=None):
         if extra_loss is not None:

@@ -94,14 +94,14 @@ class GradNorm(LossWeighting):
     def shared_grad_norms(self, losses: Tensor) -> Tensor:
         """(K,) ||grad_W L_k||_2 over all tensors of W, detached, on the losses' device."""
         last_shared = self.bound.last_shared_parameters
-        norms = []
+        rows = []
         for k in range(losses.shape[0]):
             grads = torch.autograd.grad(losses[k], last_shared, retain_graph=True, allow_unused=True)
-            # A task whose loss does not reach W (allow_unused) has norm 0.
-            squares = [g.float().pow(2).sum() for g in grads if g is not None]
-            squares.append(losses.new_zeros((), dtype=torch.float32))
-            norms.append(torch.stack(squares).sum().sqrt())
-        return torch.stack(norms)
+            # A task whose loss does not reach W (allow_unused) has a zero gradient there.
+            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).float().reshape(-1)
+                                   for g, p in zip(grads, last_shared)]))
+        # whole-batch gradients under DDP (the norm of an average is not the average of norms)
+        return self.bound.reduce(torch.stack(rows)).norm(dim=1)
 
     def gradnorm_loss(self, norms: Tensor, losses: Tensor) -> Tensor:
         """L_grad of Eq. (2), a function of w only (norms and losses are detached)."""

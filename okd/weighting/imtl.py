@@ -112,6 +112,7 @@ class IMTL(GradientWeighting):
             backward_through_representation(representation, weighted_sum(a, rows))
         else:
             grads, heads = task_gradients(losses, self.bound.shared_parameters, self.bound.task_parameters)
+            grads = self.bound.reduce(grads)
             direction, a = self.combine(grads * scales.to(grads.dtype)[:, None], losses.detach())
             _write_flat(self.bound.shared_parameters, direction)
         accumulate_heads(self.bound.task_parameters, heads, None if self.mode == "g" else scales)

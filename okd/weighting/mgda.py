@@ -152,6 +152,7 @@ class MGDA(GradientWeighting):
         if self.use_representation:
             return self._backward_representation(losses, representation)
         grads, heads = task_gradients(losses, bound.shared_parameters, bound.task_parameters)
+        grads = bound.reduce(grads)
         direction, weights = self.combine(grads, losses.detach())
         _write_flat(bound.shared_parameters, direction)
         accumulate_heads(bound.task_parameters, heads, weights)

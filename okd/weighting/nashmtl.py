@@ -105,6 +105,7 @@ class NashMTL(GradientWeighting):
         heads = self.bound.task_parameters
         if self.step % self.update_weights_every == 0:
             grads, head_grads = task_gradients(losses, shared, heads)
+            grads = self.bound.reduce(grads)
             direction, alpha = self.combine(grads, losses.detach())
             accumulate_heads(heads, head_grads, alpha)  # = grad of sum_k alpha_k L_k on the heads
         else:
