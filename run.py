@@ -33,5 +33,33 @@ def main(cfg: DictConfig) -> float | None:
     return best.get("value")  # what a Hydra sweeper (e.g. Optuna) optimises
 
 
+def join_torchrun_job() -> bool:
+    """Under ``torchrun --nproc_per_node=N``: join the process group before Hydra picks the run dir,
+    so that every process uses rank 0's; only rank 0 writes Hydra's ``.hydra/`` snapshot."""
+    from okd import distributed
+
+    if not distributed.launched_with_torchrun():
+        return False
+    if any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):
+        print("okd: error: torchrun trains ONE run on several processes; a sweep (-m) launches many runs: use "
+              "hydra/launcher=okd_joblib or okd_slurm for sweeps, torchrun for one run", file=sys.stderr)
+        raise SystemExit(2)
+    distributed.init_from_env()
+    from datetime import datetime
+
+    okd.config.share_start_time(distributed.broadcast_object(datetime.now()))
+    if not distributed.is_main() and not any(a.startswith("hydra.output_subdir=") for a in sys.argv[1:]):
+        sys.argv.append("hydra.output_subdir=null")
+    return True
+
+
 if __name__ == "__main__":
-    main()
+    if join_torchrun_job():
+        from okd import distributed
+
+        try:
+            main()
+        finally:
+            distributed.shutdown()
+    else:
+        main()

@@ -69,6 +69,25 @@ class RunRecorder:
         atomic_write_text(self.summary_path, json.dumps(_jsonable(dict(summary)), indent=2) + "\n")
 
 
+class MemoryRecorder(RunRecorder):
+    """The recorder of DDP processes other than rank 0: the same rows, kept in memory, no files."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict] = []
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        self._rows.append(json.loads(json.dumps(_jsonable(dict(row)))))
+
+    def rows(self) -> list[dict]:
+        return list(self._rows)
+
+    def truncate_after(self, epoch: int) -> None:
+        self._rows = [r for r in self._rows if r.get("epoch", -1) <= epoch]
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        pass
+
+
 class Logger:
     """Experiment-tracker interface. ``start`` receives the resolved config as a plain dict."""
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from okd import distributed
 from okd.engine.checkpoint import load_checkpoint
 from okd.engine.trainer import RunContext, Trainer
 from okd.logging import atomic_write_text, log_stream
@@ -41,6 +42,8 @@ def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spl
     comparison = {s: _compare(results[s], recorded.get(s)) for s in splits}
     out = {"checkpoint": str(path), "epoch": state.get("epoch"), "metrics": results,
            "matches_training_time_metrics": comparison}
+    if not distributed.is_main():
+        return out  # under torchrun every process evaluated a shard; rank 0 reports the split
     atomic_write_text(Path(ctx.run_dir) / "eval.json", json.dumps(out, indent=2) + "\n")
     for s in splits:
         cells = "  ".join(f"{k} {v:.4g}" for k, v in results[s].items())
@@ -68,6 +71,8 @@ def predict_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spec
 
     if not spec:
         raise ValueError("mode=predict needs input=<image file | folder | split:<name>>")
+    if distributed.is_distributed():
+        raise ValueError("mode=predict runs in one process: start it with `python run.py`, not torchrun")
     _load(trainer, ctx, ckpt)
     size = ctx.data.info.get("height"), ctx.data.info.get("width")
     splits = {"train": ctx.data.train, **ctx.data.eval_splits}

@@ -22,14 +22,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from okd import distributed
 from okd.data.base import DataBundle
 from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
-from okd.logging import Logger, NullLogger, RunRecorder, format_epoch_table, log_stream
+from okd.logging import Logger, MemoryRecorder, NullLogger, RunRecorder, format_epoch_table, log_stream
 from okd.models.base import MultiTaskModel
 from okd.tasks import Task, metric_directions
-from okd.weighting.base import BoundModel, Weighting
+from okd.weighting.base import BoundModel, LossWeighting, Weighting
 
 CHECKPOINT_VERSION = 1
 
@@ -138,6 +139,8 @@ class Trainer:
         self.nan_policy = nan_policy
         self.requeue = requeue
         self._signal: int | None = None
+        self._manual_sync = False
+        self.world_size, self.is_main = 1, True
         self._skipped_last = False
         self._in_epoch: dict | None = None
         self.skipped_steps = 0
@@ -161,6 +164,9 @@ class Trainer:
         try:
             for epoch in range(start_epoch, self.epochs):
                 epoch_times.append(self._run_epoch(epoch))
+                signum = self._agreed_signal()
+                if signum and epoch + 1 < self.epochs:  # arrived during evaluation: last.pt is this epoch's
+                    raise Preempted(signum, epoch + 1, 0)
             summary = self._summary(time.perf_counter() - started, epoch_times)
             self.recorder.write_summary(summary)
             ctx.logger.summary(_flat_summary(summary))
@@ -177,9 +183,19 @@ class Trainer:
         return summary
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signal = signum  # acted on at the end of the current step
+        self._signal = signum  # acted on at the end of the current step (under DDP: log interval)
+
+    def _agreed_signal(self) -> int:
+        """The pending signal, agreed by every process under DDP (so that all of them stop at the
+        same step), 0 for none."""
+        signum = distributed.any_rank(self._signal or 0)
+        if signum:
+            self._signal = signum
+        return signum
 
     def _handle_preemption(self, stop: "Preempted") -> None:
+        if not self.is_main:
+            return
         name = signal.Signals(stop.signum).name
         print(f"okd: {name} received: saved {self.checkpoint_dir / 'last.pt'} at epoch {stop.epoch}, step "
               f"{stop.step}; resume with trainer.resume=true (or auto) in this run dir", file=log_stream, flush=True)
@@ -193,7 +209,10 @@ class Trainer:
     def setup(self, ctx: RunContext) -> None:
         """Move to the device, bind weighting and distiller, build optimizer, scheduler and loaders."""
         self.ctx = ctx
-        self.device = select_device(self.device_name)
+        self.device = distributed.device_for(select_device(self.device_name))
+        self.world_size, self.is_main = distributed.world_size(), distributed.is_main()
+        if not self.is_main:
+            ctx.logger = NullLogger()  # rank 0 logs for the whole job
         self._validate(ctx)
         seed_everything(ctx.seed)
         if self.deterministic:
@@ -209,9 +228,11 @@ class Trainer:
             shared_parameters=model.shared_parameters(),
             task_parameters=model.task_parameters(),
             last_shared_parameters=model.last_shared_parameters(),
+            reduce_gradients=distributed.average if self.world_size > 1 else None,
         ))
         ctx.weighting.to(self.device)
         ctx.distiller.setup(model, ctx.tasks, self.device, build_model=ctx.build_model)
+        self.train_model = self._wrap_ddp(model)
         try:
             self.optimizer = self.optimizer_factory(
                 [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -222,7 +243,8 @@ class Trainer:
         except (ValueError, TypeError) as err:  # torch's own checks: "Invalid learning rate: -1.0", ...
             raise ValueError(f"trainer.optimizer/scheduler: {err} (see conf/trainer/default.yaml for valid "
                              f"settings: lr >= 0, weight_decay >= 0, ...)") from err
-        self.recorder = RunRecorder(_writable_dir(Path(ctx.run_dir)))
+        self._hand_synced = self._hand_synced_parameters()
+        self.recorder = RunRecorder(_writable_dir(Path(ctx.run_dir))) if self.is_main else MemoryRecorder()
         self.checkpoint_dir = Path(ctx.run_dir) / "checkpoints"
         self.directions = metric_directions(ctx.tasks)
         self.train_loader = self._loader(ctx.data.train, self.batch_size, shuffle=True)
@@ -230,6 +252,30 @@ class Trainer:
         self.eval_loaders = {s: self._loader(ctx.data.eval_splits[s], self.eval_batch_size, shuffle=False)
                              for s in splits}
         self.best = None
+
+    def _wrap_ddp(self, model: MultiTaskModel) -> nn.Module:
+        """Under torchrun: DDP around the student (rank 0's weights everywhere from the start)."""
+        if self.world_size == 1:
+            return model
+        # the weighting's and distiller's own parameters (UW's s, teachers, gates) start equal too
+        distributed.broadcast_module_(self.ctx.weighting)
+        distributed.broadcast_module_(self.ctx.distiller)
+        # Methods that manipulate per-task gradients backpropagate K times: DDP's reducer must stay
+        # out of it (no_sync); they average per-task gradients themselves, the trainer the result.
+        self._manual_sync = not isinstance(self.ctx.weighting, LossWeighting)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=None if ids is None else ids[0])
+
+    def _hand_synced_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the student's optimizer whose gradients DDP does not average: those outside
+        the student (learnable weights, AFD gates), or all of them when the weighting runs no_sync."""
+        if self.world_size == 1:
+            return []
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self._manual_sync:
+            return params
+        inside = {id(p) for p in self.ctx.model.parameters()}
+        return [p for p in params if id(p) not in inside]
 
     # ------------------------------------------------------------------------------------------
     def _run_epoch(self, epoch: int) -> float:
@@ -244,6 +290,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
+        # Under DDP each process ran batch norm on its own shard: evaluate (and save) rank 0's statistics.
+        distributed.broadcast_module_(ctx.model, buffers_only=True)
 
         names = [t.name for t in ctx.tasks]
         losses, weights = train_losses.tolist(), train_weights.tolist()
@@ -274,7 +322,8 @@ class Trainer:
         self._log_panels(epoch)
         self._update_best(epoch, rows)
         self._save(epoch)
-        print(format_epoch_table(epoch, _console_rows(rows), epoch_time), file=log_stream, flush=True)
+        if self.is_main:
+            print(format_epoch_table(epoch, _console_rows(rows), epoch_time), file=log_stream, flush=True)
         return epoch_time
 
     def _train_epoch(self, epoch: int, carry: dict | None = None) -> tuple[Tensor, Tensor]:
@@ -293,7 +342,7 @@ class Trainer:
         self.train_sampler.set_epoch(epoch, start * self.batch_size)  # data order = f(seed, epoch)
         # worker seeds (augmentation) = f(seed, epoch) too; persistent workers keep theirs across epochs
         self.train_loader.generator.manual_seed(ctx.seed * 100_003 + epoch)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not (self.progress and self.is_main),
                    file=log_stream, dynamic_ncols=True, initial=start,
                    total=start + len(self.train_loader))
         step = start
@@ -307,16 +356,19 @@ class Trainer:
             loss_sum += torch.where(bad, 0.0, detached)
             weight_sum += weights
             done = step + 1
+            signalled = self._signal is not None and self.world_size == 1
             if done % self.log_every_n_steps == 0:  # one host sync per interval
                 self._check_finite(first_bad, epoch)
-                if self.progress:
+                if self.progress and self.is_main:
                     bar.set_postfix(loss=f"{float(loss_sum.sum() / (done - self.skipped_steps)):.4g}")
+                if self.world_size > 1:  # processes agree on a signal here, so all stop at one step
+                    signalled = bool(self._agreed_signal())
             state = {"step": done, "loss_sum": loss_sum, "weight_sum": weight_sum, "first_bad": first_bad}
-            if self._signal is not None or (self.checkpoint_every_n_steps and done % self.checkpoint_every_n_steps == 0
-                                            and done < len(self.train_loader) + start):
+            if signalled or (self.checkpoint_every_n_steps and done % self.checkpoint_every_n_steps == 0
+                             and done < len(self.train_loader) + start):
                 self._check_finite(first_bad, epoch)
                 self._save_mid_epoch(epoch, state)
-                if self._signal is not None:
+                if signalled:
                     raise Preempted(self._signal, epoch, done)
         self._check_finite(first_bad, epoch)
         steps = step + 1 - self.skipped_steps
@@ -351,6 +403,8 @@ class Trainer:
                 f"{self.checkpoint_dir / 'last.pt'} (trainer.nan_policy=skip skips such steps instead)")
 
     def _save_mid_epoch(self, epoch: int, carry: dict) -> None:
+        if not self.is_main:
+            return
         state = self._state(epoch - 1)
         state["in_epoch"] = {"epoch": epoch, **{k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in carry.items()}}
         save_checkpoint(self.checkpoint_dir / "last.pt", state)
@@ -360,14 +414,17 @@ class Trainer:
 
         Returns the detached (K,) task losses and the (K,) weights used, both left on the device.
         """
-        ctx, model = self.ctx, self.ctx.model
-        with self._autocast():
-            out = model(images)
-            losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]).float() for t in ctx.tasks])
-            extra = ctx.distiller.training_step(images, targets, out)
-        self.optimizer.zero_grad(set_to_none=True)
-        representation = out.features[model.representation_key] if ctx.weighting.needs_representation else None
-        weights = ctx.weighting.backward(losses, extra_loss=extra, representation=representation)
+        ctx = self.ctx
+        with distributed.no_sync(self.train_model, self._manual_sync):
+            with self._autocast():
+                out = self.train_model(images)
+                losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]).float() for t in ctx.tasks])
+                losses = distributed.global_values(losses)  # whole-batch values under DDP (identity otherwise)
+                extra = ctx.distiller.training_step(images, targets, out)
+            self.optimizer.zero_grad(set_to_none=True)
+            representation = out.features[ctx.model.representation_key] if ctx.weighting.needs_representation else None
+            weights = ctx.weighting.backward(losses, extra_loss=extra, representation=representation)
+        distributed.average_gradients_(self._hand_synced)
         self._skipped_last = False
         if self.nan_policy == "skip" and not self._all_finite(losses):
             # the one per-step host sync this policy needs: the step is dropped before it changes anything
@@ -391,7 +448,8 @@ class Trainer:
         def recompute() -> Tensor:
             with torch.no_grad(), self._autocast():
                 out = self.ctx.model(images)
-                return torch.stack([t.loss(out.predictions[t.name], targets[t.name]) for t in self.ctx.tasks])
+                losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]) for t in self.ctx.tasks])
+            return distributed.average(losses)
         return recompute
 
     @torch.inference_mode()
@@ -413,6 +471,8 @@ class Trainer:
                 loss_sum[i] += t.loss(pred, target).double() * n
                 metrics[t.name].update(pred, target)
             count += n
+        # under DDP: every process evaluated its shard; summing the accumulators gives the split's numbers
+        count = distributed.reduce_evaluation_(loss_sum, count, metrics.values())
         row: dict[str, float] = {}
         for i, t in enumerate(tasks):
             row[f"loss/{t.name}"] = float(loss_sum[i] / max(count, 1))
@@ -436,7 +496,11 @@ class Trainer:
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         pin = self.device.type == "cuda" if self.pin_memory is None else self.pin_memory
-        sampler = ResumableRandomSampler(len(dataset), self.ctx.seed) if shuffle else None
+        rank, world = distributed.rank(), distributed.world_size()
+        if shuffle:
+            sampler = ResumableRandomSampler(len(dataset), self.ctx.seed, rank, world)
+        else:  # evaluation: this process's shard, no padding (every sample counted once)
+            sampler = distributed.ShardSampler(len(dataset), rank, world) if world > 1 else None
         if shuffle:
             self.train_sampler = sampler
         return DataLoader(
@@ -463,10 +527,26 @@ class Trainer:
                 f"weighting {type(ctx.weighting).__name__} needs teacher losses, but kd="
                 f"{ctx.choices.get('kd', type(ctx.distiller).__name__)} provides none; use kd=okd "
                 f"(online teachers) or another weighting")
+        if self.world_size > 1:
+            self._validate_distributed(ctx)
         directions = metric_directions(ctx.tasks)
         if self.monitor != "loss" and self.monitor not in directions:
             raise ValueError(f"trainer.monitor={self.monitor!r} is not a metric of these tasks; use 'loss' "
                              f"or one of {sorted(directions)}")
+
+    def _validate_distributed(self, ctx: RunContext) -> None:
+        n = self.world_size
+        if ctx.weighting.needs_representation:
+            raise ValueError(
+                f"weighting {ctx.choices.get('weighting', type(ctx.weighting).__name__)} works on the gradients of the "
+                f"shared representation, which are per sample: under DDP ({n} processes) each process only has its "
+                f"shard's, and the method's solution on the whole batch cannot be formed from them. Run it in one "
+                f"process, or use its parameter-gradient variant (e.g. weighting=mgda, weighting=alignedmtl); see the "
+                f"README's DDP section for the list")
+        for split, dataset in {"train": ctx.data.train, **ctx.data.eval_splits}.items():
+            if len(dataset) < n:
+                raise ValueError(f"split {split!r} of {ctx.data.name!r} has {len(dataset)} samples, fewer than the "
+                                 f"{n} processes of this DDP job")
 
     def _update_best(self, epoch: int, rows: Mapping[str, Mapping[str, float]]) -> None:
         split = self.ctx.data.select_split
@@ -503,6 +583,8 @@ class Trainer:
         }
 
     def _save(self, epoch: int) -> None:
+        if not self.is_main:
+            return  # every process holds the same weights; rank 0 writes them
         state = self._state(epoch)
         save_checkpoint(self.checkpoint_dir / "last.pt", state)
         if self._pending_best:
@@ -525,7 +607,9 @@ class Trainer:
         self.best = state["best"]
         self.recorder.truncate_after(state["epoch"])
         self._in_epoch = state.get("in_epoch")
-        if self._in_epoch is not None:
+        if not self.is_main:
+            pass
+        elif self._in_epoch is not None:
             print(f"resuming from {path} in epoch {self._in_epoch['epoch']} after step {self._in_epoch['step']}",
                   file=log_stream, flush=True)
         else:
@@ -624,13 +708,18 @@ class Trainer:
 
     def _announce(self, start_epoch: int) -> None:
         ctx = self.ctx
+        if not self.is_main:
+            return
+        ddp = f" x {self.world_size} processes (DDP)" if self.world_size > 1 else ""
         print(f"okd: {ctx.data.name} ({len(ctx.data.train)} train samples), tasks {[t.name for t in ctx.tasks]}, "
               f"{type(ctx.model).__name__} with {ctx.model.num_parameters():,} parameters, "
               f"weighting {type(ctx.weighting).__name__}, kd {type(ctx.distiller).__name__}, "
-              f"device {self.device}, epochs {start_epoch}..{self.epochs - 1}", file=log_stream, flush=True)
+              f"device {self.device}{ddp}, epochs {start_epoch}..{self.epochs - 1}", file=log_stream, flush=True)
 
     def _farewell(self) -> None:
         ctx = self.ctx
+        if not self.is_main:
+            return
         print(f"results: {Path(ctx.run_dir) / 'summary.json'} and metrics.jsonl; "
               f"checkpoints: {self.checkpoint_dir}; logger: {ctx.logger.describe()}",
               file=log_stream, flush=True)

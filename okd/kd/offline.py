@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from okd import distributed
 from okd.kd.afd import AdaptiveFeatureDistillation, check_stages, stage_key
 from okd.kd.base import Distiller
 from okd.kd.online import OptimizerFactory
@@ -145,12 +146,13 @@ class OfflineDistillation(Distiller):
 
     def after_step(self) -> None:
         if self.adaptor_optimizer is not None:
+            distributed.average_gradients_(self.afd.adaptor_parameters())  # outside DDP's wrapper
             self.adaptor_optimizer.step()
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         if not self._steps:
             return {}
-        terms = self._sum / self._steps
+        terms = distributed.average(self._sum / self._steps)
         per_task = terms.mean(dim=1)
         names = self.afd.term_names() + [f"afd/{t.name}" for t in self.tasks] + ["afd/total"]
         flat = torch.cat([terms.reshape(-1), per_task, (self.afd.task_weights * per_task).sum().reshape(1)]).tolist()

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from okd import distributed
 from okd.kd.afd import VARIANTS, AdaptiveFeatureDistillation, check_stages, default_stages, stage_key
 from okd.kd.base import Distiller
 from okd.models.base import ModelOutput, MultiTaskModel
@@ -189,7 +190,7 @@ class OnlineDistillation(Distiller):
                 images, targets = self._to_device(batch)
                 sums += self._teacher_steps(images, targets)
                 steps += 1
-            means = (sums / max(steps, 1)).tolist()
+            means = distributed.average(sums / max(steps, 1)).tolist()
             self._warmup_log = {f"teacher/warmup_loss/{t.name}": v for t, v in zip(self.tasks, means)}
             print(f"okd warm-up epoch {epoch + 1}/{self.warmup_epochs}: teacher losses "
                   + ", ".join(f"{t.name} {v:.4g}" for t, v in zip(self.tasks, means)),
@@ -204,6 +205,7 @@ class OnlineDistillation(Distiller):
             opt = self.teacher_optimizers[t.name]
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients_(self.teachers[t.name].parameters())  # DDP: whole-batch gradient
             opt.step()
             losses.append(loss.detach())
         return torch.stack(losses)
@@ -235,10 +237,14 @@ class OnlineDistillation(Distiller):
         return result.total
 
     def after_step(self) -> None:
+        # Teachers and adaptors live outside the student's DDP wrapper: under DDP their gradients are
+        # averaged here, in one flat all-reduce each (identity in one process).
         if self.teachers_update:
+            distributed.average_gradients_(self.teachers.parameters())
             for opt in self.teacher_optimizers.values():
                 opt.step()
         if self.adaptor_optimizer is not None:
+            distributed.average_gradients_(self.afd.adaptor_parameters())
             self.adaptor_optimizer.step()
 
     # -- per epoch -------------------------------------------------------------------------------
@@ -246,7 +252,7 @@ class OnlineDistillation(Distiller):
         """Teachers' mean training loss per task over the epoch that just ended (before
         :meth:`on_epoch_end`), afterwards that of the last finished epoch."""
         if self._steps > 0:
-            return self._teacher_loss_sum / self._steps
+            return distributed.average(self._teacher_loss_sum / self._steps)
         return self.last_reference.clone() if self.epochs_done > 0 else None
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
@@ -269,7 +275,9 @@ class OnlineDistillation(Distiller):
                 values.append(terms.mean().reshape(1))
             names += self.afd.gate_names()
             values.append(self.afd.sigma().detach().reshape(-1))
-        flat = torch.cat([v.detach().float().reshape(-1) for v in values]).tolist()
+        flat = distributed.average(torch.cat([v.detach().float().reshape(-1) for v in values])).tolist()
+        # under DDP each process's teachers ran batch norm on its shard: keep rank 0's statistics
+        distributed.broadcast_module_(self.teachers, buffers_only=True)
         logs = dict(zip(names, flat))
         logs["teacher/updating"] = float(self.teachers_update)
         if epoch == 0 and self._warmup_log:
@@ -297,6 +305,7 @@ class OnlineDistillation(Distiller):
                 metrics[t.name].update(pred, targets[t.name])
             count += n
         self.teachers.train(was_training and self.teachers_update)
+        count = distributed.reduce_evaluation_(loss_sum, count, metrics.values())  # DDP: shards -> split
         row: dict[str, float] = {}
         for t, loss in zip(self.tasks, (loss_sum / max(count, 1)).tolist()):
             row[f"teacher/loss/{t.name}"] = loss
