@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting
+from okd.weighting.base import GradientWeighting, finite_or_zero, scaled, scaled_direction, unscaled
 from okd.weighting.gradtools import (
     accumulate_heads,
     backward_through_representation,
@@ -39,6 +39,10 @@ class AlignedMTL(GradientWeighting):
     Heads get their ordinary gradients (the official code does not scale them). The logged weights
     are alpha. Everything stays on the gradients' device with no explicit host sync
     (``torch.linalg.eigh`` may itself synchronise on CUDA).
+
+    Loss scaling (fp16): the rows (g_k, or z_k for -UB) are divided by S before the Gram matrix
+    and the direction is multiplied by S when written. Stateless: an overflow step eigendecomposes
+    a zero matrix (B = 0) and writes NaN.
     """
 
     def __init__(self, scale_mode: str = "min", reduction: str = "sum") -> None:
@@ -69,16 +73,17 @@ class AlignedMTLUB(AlignedMTL):
 
     needs_representation = True
 
-    def backward(self, losses, extra_loss=None, representation=None):
+    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         z = require_representation(representation, type(self).__name__)
         if extra_loss is not None:
-            extra_loss.backward(retain_graph=True)
+            scaled(extra_loss, loss_scale).backward(retain_graph=True)
         heads = self.bound.task_parameters
         # K passes that stop at Z (heads only); the trunk's graph stays alive for the last backward.
-        rows, head_grads = representation_gradients(losses, z, heads)
+        rows, head_grads = representation_gradients(scaled(losses, loss_scale), z, heads)
+        rows = unscaled(rows, loss_scale)
         direction, alpha = self.combine(rows.flatten(1), losses.detach())
-        accumulate_heads(heads, head_grads)  # raw gradients (scale_decoder_grad=False)
-        backward_through_representation(z, direction.view_as(z))
+        accumulate_heads(heads, head_grads)  # raw gradients (scale_decoder_grad=False), S-scaled
+        backward_through_representation(z, scaled_direction(direction, rows, loss_scale).view_as(z))
         return alpha.detach()
 
 
@@ -86,8 +91,9 @@ def alignment_matrix(gram: Tensor, scale_mode: str = "min") -> Tensor:
     """B = sqrt(sigma) V_r Lambda_r^(-1/2) V_r^T from the Gram matrix (float64, same device).
 
     Rank selection and sigma use masks rather than slicing so that nothing is read on the host.
+    A non-finite Gram matrix (fp16 overflow step) is replaced by zeros (B = 0) before eigh.
     """
-    gram = gram.to(torch.float64)
+    gram = finite_or_zero(gram.to(torch.float64))
     k = gram.shape[0]
     lam, v = torch.linalg.eigh(0.5 * (gram + gram.T))  # ascending eigenvalues
     tol = lam.max() * k * torch.finfo(torch.float32).eps

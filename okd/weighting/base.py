@@ -16,6 +16,19 @@ learnable weights can join it through :meth:`Weighting.param_groups`), then per 
 :meth:`Weighting.backward` and, after ``optimizer.step()``, :meth:`Weighting.after_step`; at the end
 of every training epoch :meth:`Weighting.on_epoch_end`. State that must survive a resume lives in
 the module's ``state_dict`` (parameters, buffers) or in :meth:`extra_state` for Python values.
+
+Loss scaling (fp16 mixed precision, ``trainer.precision=16``): :meth:`Weighting.backward` takes
+``loss_scale`` S, a 0-dim float32 tensor on the losses' device (GradScaler's current scale), or
+None. With S, every gradient a method leaves in ``.grad`` -- the network's and the method's own
+learnable parameters' -- is S times its unscaled value, exactly what ``scaler.scale(objective)
+.backward()`` would leave, so ``scaler.unscale_``/``scaler.step`` can follow. Every gradient a
+method reasons about (per-task rows, representation gradients, norms) is taken from the scaled
+losses S L_k (no fp16 underflow) and divided by S in float32 before use, so the method's decisions
+are those of the unscaled run. When a scaled gradient overflows, non-finite values reach ``.grad``
+(GradScaler then skips the step) and no state derived from gradients is updated. The helpers
+below (:func:`scaled`, :func:`unscaled`, :func:`all_finite`, :func:`keep_if_finite`,
+:func:`mark_overflow`, :func:`scaled_direction`, :func:`finite_or_zero`) are the only place this
+arithmetic lives; with S None they change nothing, so fp32/bf16 training is unchanged bit for bit.
 """
 from __future__ import annotations
 
@@ -100,6 +113,7 @@ class Weighting(nn.Module):
         losses: Tensor,
         extra_loss: Tensor | None = None,
         representation: Tensor | None = None,
+        loss_scale: Tensor | None = None,
     ) -> Tensor:
         """Backpropagate the weighted objective; return the (K,) task weights used (detached).
 
@@ -108,6 +122,9 @@ class Weighting(nn.Module):
             extra_loss: a scalar added unweighted to the objective (e.g. the distillation loss).
             representation: the shared representation the heads consume, for methods that
                 manipulate gradients there (``needs_representation``).
+            loss_scale: fp16 gradient scaling: a 0-dim float32 tensor S on the losses' device
+                (never read on the host), or None. With S every ``.grad`` written is S times the
+                unscaled one and the method's decisions are unchanged (module docstring).
         """
         raise NotImplementedError
 
@@ -155,11 +172,13 @@ class LossWeighting(Weighting):
             total = total + reg
         return total, w
 
-    def backward(self, losses, extra_loss=None, representation=None):
+    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         total, w = self.objective(losses)
         if extra_loss is not None:
             total = total + extra_loss
-        total.backward()
+        # One backward of S * objective: every .grad (learnable weights included) is S times its
+        # unscaled value, and the weights never depend on a gradient.
+        scaled(total, loss_scale).backward()
         return w.detach()
 
 
@@ -169,6 +188,11 @@ class GradientWeighting(Weighting):
     Subclasses implement :meth:`combine`. Heads get their ordinary gradient ``grad L_k`` (each
     head only depends on its own task). ``extra_loss`` is backpropagated normally and adds to the
     combined direction.
+
+    Under loss scaling the rows are taken from S L_k, averaged over processes, divided by S and
+    only then given to :meth:`combine`; the direction is multiplied by S when it is written. A
+    ``combine`` must therefore accept non-finite rows without raising (an overflow step): solvers
+    get :func:`finite_or_zero` Gram matrices, state updates go through :func:`keep_if_finite`.
     """
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
@@ -193,14 +217,78 @@ class GradientWeighting(Weighting):
             _accumulate(task_params, grads[len(shared):])
         return self.bound.reduce(torch.stack(rows))
 
-    def backward(self, losses, extra_loss=None, representation=None):
+    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         if extra_loss is not None:
             # The extra loss shares the graph of the task losses: keep it alive for the K passes.
-            extra_loss.backward(retain_graph=True)
-        grads = self.per_task_gradients(losses)
+            scaled(extra_loss, loss_scale).backward(retain_graph=True)
+        # Heads get S grad L_k directly; the shared rows are unscaled before any decision.
+        grads = unscaled(self.per_task_gradients(scaled(losses, loss_scale)), loss_scale)
         direction, weights = self.combine(grads, losses.detach())
-        _write_flat(self.bound.shared_parameters, direction)
+        _write_flat(self.bound.shared_parameters, scaled_direction(direction, grads, loss_scale))
         return weights.detach()
+
+
+# -- loss scaling (fp16): the one place its arithmetic lives -----------------------------------
+def scaled(x: Tensor, loss_scale: Tensor | None) -> Tensor:
+    """S x: what is backpropagated (or written to ``.grad``) under loss scaling; x when S is None.
+
+    S is multiplied in x's dtype; a direction cast to fp16 afterwards (a representation's
+    gradient) may overflow to inf exactly as ``scaler.scale(loss).backward()`` would.
+    """
+    return x if loss_scale is None else x * loss_scale.to(x.dtype)
+
+
+def unscaled(g: Tensor, loss_scale: Tensor | None) -> Tensor:
+    """g / S in at least float32 (fp16/bf16 gradients are lifted first); g when S is None.
+
+    Division by S is exact for GradScaler's powers of two, so every quantity a method derives
+    from the result equals the unscaled run's (up to fp16 rounding of the backward itself).
+    """
+    if loss_scale is None:
+        return g
+    if g.dtype not in (torch.float32, torch.float64):
+        g = g.float()
+    return g / loss_scale.to(g.dtype)
+
+
+def all_finite(x: Tensor) -> Tensor:
+    """0-dim bool tensor on x's device: no inf/NaN in x (no host sync)."""
+    return torch.isfinite(x).all()
+
+
+def keep_if_finite(new: Tensor, old: Tensor, finite: Tensor) -> Tensor:
+    """``new`` if ``finite`` else ``old``: a state update that an overflow step leaves undone.
+
+    Equals ``new`` bit for bit when the gradients are finite, so unscaled runs are unchanged.
+    """
+    return torch.where(finite, new, old)
+
+
+def mark_overflow(direction: Tensor, rows: Tensor, loss_scale: Tensor | None) -> Tensor:
+    """Under loss scaling, NaN everywhere when ``rows`` (the gradients it came from) overflowed.
+
+    GradScaler only skips a step if a non-finite value reaches ``.grad``; a method's direction
+    need not carry one (DB-MTL's comes from its EMA, a BLAS product may skip zero weights), so it
+    is made explicit. Identity when S is None.
+    """
+    if loss_scale is None:
+        return direction
+    return torch.where(all_finite(rows), direction, torch.full_like(direction, float("nan")))
+
+
+def scaled_direction(direction: Tensor, rows: Tensor, loss_scale: Tensor | None) -> Tensor:
+    """What a gradient method writes: S x ``direction`` (NaN if ``rows`` overflowed); unchanged for None."""
+    return scaled(mark_overflow(direction, rows, loss_scale), loss_scale)
+
+
+def finite_or_zero(matrix: Tensor) -> Tensor:
+    """``matrix``, or zeros when any entry is non-finite (an overflow step).
+
+    The Gram-matrix solvers raise on (or cannot converge with) non-finite input; on zeros they
+    return finite weights, and :func:`mark_overflow` still makes the written direction NaN.
+    Equals ``matrix`` bit for bit when it is finite.
+    """
+    return torch.where(all_finite(matrix), matrix, torch.zeros_like(matrix))
 
 
 def _flatten(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:

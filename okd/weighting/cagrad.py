@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting
+from okd.weighting.base import GradientWeighting, finite_or_zero
 from okd.weighting.gradtools import weighted_sum
 from okd.weighting.solvers import gram, minimize_on_simplex, normalized_gram
 
@@ -34,9 +34,10 @@ def cagrad_weights(matrix: Tensor, c: float, eps: float = 1e-4) -> Tensor:
     Pareto-stationary point) the correction is dropped and lambda = 1/K (torchjd's guard). The
     default eps = 1e-4 is the scale of the 1e-8 smoothing inside the square root: below it the
     smoothed dual no longer determines the direction of g_w, and the official code's
-    c / (||g_w|| + 1e-8) would add c ||g0|| times an arbitrary unit vector.
+    c / (||g_w|| + 1e-8) would add c ||g0|| times an arbitrary unit vector. A non-finite M (an
+    fp16 overflow step, which GradScaler skips) counts as zeros: lambda = 1/K.
     """
-    m, scale = normalized_gram(matrix)
+    m, scale = normalized_gram(finite_or_zero(matrix))
     k = m.shape[0]
     mean_w = np.full(k, 1.0 / k)
     if scale == 0.0 or c == 0.0:
@@ -70,6 +71,8 @@ class CAGrad(GradientWeighting):
     d, 2 gives d / (1 + c). The returned weights are the effective coefficients on the raw g_k,
     with the same scale as the direction. Heads: raw gradients (the official code has no
     representation version). Cost: K backward passes and a K-dimensional convex solve.
+    Loss scaling (fp16): the base class unscales the rows before :meth:`combine` and scales the
+    direction; stateless, so an overflow step only writes NaN.
 
     Args:
         c: radius of the ball (``alpha`` in the code): 0.4 (official NYUv2 / Cityscapes scripts,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting
+from okd.weighting.base import GradientWeighting, all_finite, keep_if_finite
 
 
 class DBMTL(GradientWeighting):
@@ -27,6 +27,12 @@ class DBMTL(GradientWeighting):
 
     State (``state_dict``): the K x P buffer ``grad_ema`` (the gh_k, in the shared parameters'
     dtype: one extra copy of the shared gradient per task) and the step count. No host sync.
+
+    Loss scaling (fp16): the rows h_k come from S log(L_k + eps) and are unscaled before the EMA
+    (base class). A step whose rows are not all finite (an fp16 overflow, or a NaN loss) updates
+    neither the EMA nor the step count -- device-side ``where``, no sync -- and the written
+    direction is NaN under loss scaling, so GradScaler skips it; the next step continues from
+    the same state.
     """
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> None:
@@ -48,10 +54,10 @@ class DBMTL(GradientWeighting):
         self.register_buffer("grad_ema", torch.zeros(num_tasks, p, dtype=dtype))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
-    def backward(self, losses, extra_loss=None, representation=None):
+    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         """Run the base backward on the log-losses: rows h_k, heads get grad log L_k."""
         log_losses = torch.log(losses.float() + self.eps)
-        return super().backward(log_losses, extra_loss, representation)
+        return super().backward(log_losses, extra_loss, representation, loss_scale)
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """grads: rows h_k = grad log(L_k + eps); losses: unused (the log-losses)."""
@@ -60,9 +66,12 @@ class DBMTL(GradientWeighting):
                 f"grads must have shape {tuple(self.grad_ema.shape)} (tasks x shared entries), "
                 f"got {tuple(grads.shape)}"
             )
-        self.step += 1
-        b = self.beta / self.step.to(grads.dtype) ** self.beta_sigma
-        self.grad_ema.copy_(b * self.grad_ema + (1 - b) * grads.detach())
+        finite = all_finite(grads)  # an overflowed (skipped) step must not enter the state
+        step = self.step + 1
+        b = self.beta / step.to(grads.dtype) ** self.beta_sigma
+        ema = b * self.grad_ema + (1 - b) * grads.detach()
+        self.grad_ema.copy_(keep_if_finite(ema, self.grad_ema, finite))
+        self.step.copy_(keep_if_finite(step, self.step, finite))
         norms = self.grad_ema.norm(dim=1)
         a = norms.max() / (norms + self.eps)
         return a @ self.grad_ema, a

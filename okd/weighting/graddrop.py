@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting
+from okd.weighting.base import GradientWeighting, scaled, scaled_direction, unscaled
 from okd.weighting.gradtools import (
     OwnedGenerator,
     accumulate_heads,
@@ -68,6 +68,10 @@ class GradDrop(GradientWeighting):
     Randomness: U comes from a ``torch.Generator`` on the activation's device, seeded with
     ``seed`` and saved in :meth:`extra_state`.
 
+    Loss scaling (fp16): z_k (or g_k) are taken from S L_k and divided by S in float32 before the
+    sign sums (the eps in the purity is not scale-free); S dL/dA is backpropagated. No state but
+    the generator: an overflow step consumes its draw of U and writes NaN.
+
     Args:
         leak: 0.0 (LibMTL default; the paper's leak is an ablation knob), in [0, 1].
         level: ``representation`` (paper, LibMTL) or ``parameters`` (CAGrad repo variant).
@@ -113,17 +117,19 @@ class GradDrop(GradientWeighting):
         grad = (coeffs.unsqueeze(1) * z).sum(dim=0)  # masks broadcast over the batch
         return grad.to(rep_grads.dtype), coeffs.reshape(coeffs.shape[0], -1).mean(dim=1)
 
-    def backward(self, losses, extra_loss=None, representation=None):
+    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         if self.level == "parameters":
-            return super().backward(losses, extra_loss, representation)
+            return super().backward(losses, extra_loss, representation, loss_scale)
         require_representation(representation, "GradDrop")
         if extra_loss is not None:
-            extra_loss.backward(retain_graph=True)  # shares the graph with the task losses
+            # shares the graph with the task losses
+            scaled(extra_loss, loss_scale).backward(retain_graph=True)
         task_params = self.bound.task_parameters
-        z, heads = representation_gradients(losses, representation, task_params)
+        z, heads = representation_gradients(scaled(losses, loss_scale), representation, task_params)
+        z = unscaled(z, loss_scale)
         grad, weights = self.combine_representation(representation, z)
-        backward_through_representation(representation, grad)
-        accumulate_heads(task_params, heads)
+        backward_through_representation(representation, scaled_direction(grad, z, loss_scale))
+        accumulate_heads(task_params, heads)  # S dL_k/d theta_k already
         return weights.to(losses.dtype).detach()
 
     def extra_state(self) -> dict:

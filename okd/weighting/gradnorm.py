@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from okd.weighting.base import BoundModel, LossWeighting
+from okd.weighting.base import BoundModel, LossWeighting, scaled, unscaled
 
 # Keeps r finite if a loss is exactly 0 (a NaN in w would poison the network's objective).
 _EPS = 1e-12
@@ -31,6 +31,12 @@ class GradNorm(LossWeighting):
     (Algorithm 1), which decouples GradNorm from the global learning rate. Only the K gradients
     of W are formed (one ``autograd.grad`` per task through the heads), never full per-task
     gradients. L_k(0) is the loss of the first step, kept in a buffer.
+
+    Loss scaling (fp16): the K gradients of W are taken from S L_k and divided by S before their
+    norms, so L_grad and w's update are the unscaled run's; both backward passes (L_grad into w,
+    the objective into the network) are of S times their loss. On overflow the norms are inf/NaN,
+    so w.grad is NaN and GradScaler skips the step; w itself only changes through the optimizer
+    (and the renormalisation in :meth:`after_step`), so a skipped step leaves it as it was.
 
     Variants not implemented here: LibMTL parameterises w = K softmax(logits), trains the logits
     with the network's optimizer, takes L(0) from the first epoch's mean (EW during epoch 0) and
@@ -78,22 +84,27 @@ class GradNorm(LossWeighting):
         # Detached: the network objective must not send gradient into w.
         return self.task_weights.detach().clone()
 
-    def backward(self, losses, extra_loss=None, representation=None):
+    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         detached = losses.detach()
         if not self._has_initial:
             self.initial_losses.copy_(detached)
             self._has_initial = True
-        norms = self.shared_grad_norms(losses)
-        self.gradnorm_loss(norms, detached).backward()  # reaches w only: norms are detached
+        norms = self.shared_grad_norms(losses, loss_scale)
+        # reaches w only (norms are detached); S L_grad so that w.grad is scaled like the network's
+        scaled(self.gradnorm_loss(norms, detached), loss_scale).backward()
         total, w = self.objective(losses)
         if extra_loss is not None:
             total = total + extra_loss
-        total.backward()
+        scaled(total, loss_scale).backward()
         return w
 
-    def shared_grad_norms(self, losses: Tensor) -> Tensor:
-        """(K,) ||grad_W L_k||_2 over all tensors of W, detached, on the losses' device."""
+    def shared_grad_norms(self, losses: Tensor, loss_scale: Tensor | None = None) -> Tensor:
+        """(K,) ||grad_W L_k||_2 over all tensors of W, detached, on the losses' device.
+
+        With ``loss_scale`` S the gradients are those of S L_k, divided by S before the norm.
+        """
         last_shared = self.bound.last_shared_parameters
+        losses = scaled(losses, loss_scale)
         rows = []
         for k in range(losses.shape[0]):
             grads = torch.autograd.grad(losses[k], last_shared, retain_graph=True, allow_unused=True)
@@ -101,7 +112,7 @@ class GradNorm(LossWeighting):
             rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).float().reshape(-1)
                                    for g, p in zip(grads, last_shared)]))
         # whole-batch gradients under DDP (the norm of an average is not the average of norms)
-        return self.bound.reduce(torch.stack(rows)).norm(dim=1)
+        return unscaled(self.bound.reduce(torch.stack(rows)), loss_scale).norm(dim=1)
 
     def gradnorm_loss(self, norms: Tensor, losses: Tensor) -> Tensor:
         """L_grad of Eq. (2), a function of w only (norms and losses are detached)."""

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting
+from okd.weighting.base import GradientWeighting, all_finite, keep_if_finite
 from okd.weighting.gradtools import OwnedGenerator, random_orders, weighted_sum
 from okd.weighting.solvers import gram
 
@@ -79,6 +79,11 @@ class GradVac(GradientWeighting):
     per leaf module) needs module boundaries, which :class:`~okd.weighting.base.BoundModel` does not
     carry. Cost: K backward passes, one K x K Gram per group, K(K-1) small vector ops.
 
+    Loss scaling (fp16): the rows are unscaled before the Gram matrices (base class). A step with
+    a non-finite row (overflow) leaves phi_hat unchanged (device-side ``where``); its coefficients
+    are NaN, so is the written direction, and GradScaler skips it. The task orders drawn for it
+    are consumed (the generator does not rewind).
+
     Args:
         beta: EMA rate of phi_hat; 1e-2 (paper's experiments; LibMTL default 0.5).
         group_type: ``whole`` or ``tensor``.
@@ -118,7 +123,8 @@ class GradVac(GradientWeighting):
         grams = torch.stack([gram(s) for s in splits])
         orders = random_orders(grads.shape[0], self.generator.get("cpu"))
         coeffs, phi_hat = vaccine_coefficients(grams, self.phi_hat, orders, self.beta, self.eps)
-        self.phi_hat.copy_(phi_hat)
+        # A non-finite row makes its Gram diagonal non-finite: such a (skipped) step keeps phi_hat.
+        self.phi_hat.copy_(keep_if_finite(phi_hat, self.phi_hat, all_finite(grams)))
         group_weights = coeffs.sum(dim=1)  # d[k] = sum_i g_i'[k] = sum_j (sum_i C[k,i,j]) g_j[k]
         direction = torch.cat([weighted_sum(w, s) for w, s in zip(group_weights, splits)])
         sizes = self.group_numel.to(grams)

@@ -8,7 +8,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from okd.weighting.base import GradientWeighting, _accumulate, _write_flat
+from okd.weighting.base import (
+    GradientWeighting,
+    _accumulate,
+    _write_flat,
+    finite_or_zero,
+    scaled,
+    scaled_direction,
+    unscaled,
+)
 from okd.weighting.gradtools import (
     accumulate_heads,
     backward_through_representation,
@@ -31,9 +39,10 @@ def imtl_g_weights(matrix: Tensor, eps: float = 1e-12) -> Tensor:
     with n_k = ||g_k|| = sqrt(M_kk), equal projections mean M a = t n, so (Gram form, as in
     torchjd) a = M^+ n / (1^T M^+ n). The pseudo-inverse also covers dependent gradients (the
     paper's (D U^T)^-1 is singular there). If 1^T M^+ n is ~0 the weights are 0. The weights can be
-    negative for K >= 3. Float64; computed on M's device without host syncs.
+    negative for K >= 3. Float64; computed on M's device without host syncs. A non-finite M (an
+    fp16 overflow step) is replaced by zeros (weights 0) instead of reaching the pseudo-inverse.
     """
-    m = matrix.to(torch.float64)
+    m = finite_or_zero(matrix.to(torch.float64))
     n = m.diagonal().clamp_min(0).sqrt()
     a = torch.linalg.pinv(m, hermitian=True) @ n
     total = a.sum()
@@ -62,6 +71,11 @@ class IMTL(GradientWeighting):
     The returned weights are the coefficients on the raw task gradients: a (``g``), e^s
     (``l``), a * e^s (``hybrid``). Cost: K backward passes (``g``/``hybrid``; through the heads
     only at the representation level) and a K x K pseudo-inverse; ``l`` costs one backward.
+
+    Loss scaling (fp16): the per-task gradients come from S L_k and are divided by S before
+    IMTL-G; the heads get S e^{s_k} dL_k/d theta_k, s gets S (e^s l - 1), the shared parameters
+    (or Z) S times the combination. IMTL keeps no state besides s (trained by the optimizer), so
+    an overflow step only has to write NaN, which it does.
 
     Args:
         mode: ``hybrid`` (default: the paper's full IMTL and LibMTL's), ``g`` or ``l``.
@@ -95,43 +109,50 @@ class IMTL(GradientWeighting):
         return self.log_scales.detach().to(losses).exp()
 
     # -- backward ---------------------------------------------------------------------------
-    def backward(self, losses, extra_loss=None, representation=None):
+    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         if self.mode == "l":
-            return self._backward_loss(losses, extra_loss)
+            return self._backward_loss(losses, extra_loss, loss_scale)
         if self.level == "representation":
             require_representation(representation, "IMTL")
         if extra_loss is not None:
-            extra_loss.backward(retain_graph=True)  # shares the graph with the task losses
+            # shares the graph with the task losses
+            scaled(extra_loss, loss_scale).backward(retain_graph=True)
         scales = self.scales(losses)
+        task_params = self.bound.task_parameters
         # Gradients of the scaled losses e^{s_k} L_k are e^{s_k} times those of L_k: take the
         # raw per-task gradients once and scale the K rows (and the heads) afterwards.
         if self.level == "representation":
-            z, heads = representation_gradients(losses, representation, self.bound.task_parameters)
+            z, heads = representation_gradients(scaled(losses, loss_scale), representation, task_params)
+            z = unscaled(z, loss_scale)
             rows = z * scales.to(z.dtype).view(-1, *[1] * (z.dim() - 1))
             a = imtl_g_weights(gram(rows.reshape(rows.shape[0], -1))).to(z.dtype)
-            backward_through_representation(representation, weighted_sum(a, rows))
+            grad = scaled_direction(weighted_sum(a, rows), rows, loss_scale)
+            backward_through_representation(representation, grad)
         else:
-            grads, heads = task_gradients(losses, self.bound.shared_parameters, self.bound.task_parameters)
-            grads = self.bound.reduce(grads)
+            shared = self.bound.shared_parameters
+            grads, heads = task_gradients(scaled(losses, loss_scale), shared, task_params)
+            grads = unscaled(self.bound.reduce(grads), loss_scale)
             direction, a = self.combine(grads * scales.to(grads.dtype)[:, None], losses.detach())
-            _write_flat(self.bound.shared_parameters, direction)
-        accumulate_heads(self.bound.task_parameters, heads, None if self.mode == "g" else scales)
+            _write_flat(shared, scaled_direction(direction, grads, loss_scale))
+        # heads: already S-scaled by the scaled losses
+        accumulate_heads(task_params, heads, None if self.mode == "g" else scales)
         if self.mode == "hybrid":
-            self._accumulate_scale_grad(losses.detach())
+            self._accumulate_scale_grad(losses.detach(), loss_scale)
         return (a.to(scales) * scales).to(losses.dtype).detach()
 
-    def _backward_loss(self, losses: Tensor, extra_loss: Tensor | None) -> Tensor:
-        """IMTL-L: one backward of sum_k (e^{s_k} L_k - s_k) (+ extra loss)."""
+    def _backward_loss(self, losses: Tensor, extra_loss: Tensor | None, loss_scale: Tensor | None) -> Tensor:
+        """IMTL-L: one backward of sum_k (e^{s_k} L_k - s_k) (+ extra loss), times S."""
         s = self.log_scales.to(losses)
         total = (s.exp() * losses - s).sum()
         if extra_loss is not None:
             total = total + extra_loss
-        total.backward()
+        scaled(total, loss_scale).backward()
         return s.detach().exp()
 
-    def _accumulate_scale_grad(self, losses: Tensor) -> None:
+    def _accumulate_scale_grad(self, losses: Tensor, loss_scale: Tensor | None = None) -> None:
         # d/ds_k sum_j (e^{s_j} L_j - s_j) = e^{s_k} l_k - 1 (Section 3.1), unweighted by a, as in
-        # LibMTL's IMTL, where every scaled task loss is backpropagated on its own.
+        # LibMTL's IMTL, where every scaled task loss is backpropagated on its own. Times S: s is
+        # in the optimizer that GradScaler unscales.
         s = self.log_scales
-        grad = (s.detach().exp() * losses.to(s) - 1.0)
+        grad = scaled(s.detach().exp() * losses.to(s) - 1.0, loss_scale)
         _accumulate([s], [grad])

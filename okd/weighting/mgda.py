@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting, _write_flat
+from okd.weighting.base import (
+    GradientWeighting,
+    _write_flat,
+    finite_or_zero,
+    scaled,
+    scaled_direction,
+    unscaled,
+)
 from okd.weighting.gradtools import (
     accumulate_heads,
     backward_through_representation,
@@ -51,6 +58,10 @@ class MGDA(GradientWeighting):
     parameters) or K w.
 
     Cost: K backward passes (through the heads only with ``use_representation``), a K x K solve.
+
+    Loss scaling (fp16): g_k / z_k are taken from S L_k and divided by S before the Gram matrix;
+    heads get S w_k dL_k/d theta_k, the shared parameters (or Z) S times the combination. An
+    overflow step solves on a zero Gram matrix (finite weights, no state) and writes NaN.
 
     Args:
         normalization: ``none`` (paper's algorithm, LibMTL default), ``l2``, ``loss``,
@@ -117,8 +128,9 @@ class MGDA(GradientWeighting):
 
     def solve(self, matrix: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """(w, n): the simplex weights for the normalised Gram M^ = M / (n n^T), and n."""
+        matrix = finite_or_zero(matrix)  # an overflow step: solve on zeros instead of raising
         n = self.norms(matrix, losses)
-        normalized = matrix / (n[:, None] * n[None, :])
+        normalized = finite_or_zero(matrix / (n[:, None] * n[None, :]))  # (non-finite losses)
         w = min_norm_element(normalized, self.solver, self.max_iter, self.tol, self.exact_pair)
         return w.to(matrix), n
 
@@ -141,32 +153,38 @@ class MGDA(GradientWeighting):
         """``original`` and ``nashmtl`` backpropagate sum_k w_k L_k: heads are weighted too."""
         return self.apply in ("original", "nashmtl")
 
-    def backward(self, losses, extra_loss=None, representation=None):
+    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         if not self.use_representation and not self.weights_heads:
-            return super().backward(losses, extra_loss, representation)
+            return super().backward(losses, extra_loss, representation, loss_scale)
         if self.use_representation:
             require_representation(representation, "MGDA-UB")
         if extra_loss is not None:
-            extra_loss.backward(retain_graph=True)  # shares the graph with the task losses
+            # shares the graph with the task losses
+            scaled(extra_loss, loss_scale).backward(retain_graph=True)
         bound = self.bound
         if self.use_representation:
-            return self._backward_representation(losses, representation)
-        grads, heads = task_gradients(losses, bound.shared_parameters, bound.task_parameters)
-        grads = bound.reduce(grads)
+            return self._backward_representation(losses, representation, loss_scale)
+        grads, heads = task_gradients(scaled(losses, loss_scale), bound.shared_parameters,
+                                      bound.task_parameters)
+        grads = unscaled(bound.reduce(grads), loss_scale)
         direction, weights = self.combine(grads, losses.detach())
-        _write_flat(bound.shared_parameters, direction)
-        accumulate_heads(bound.task_parameters, heads, weights)
+        _write_flat(bound.shared_parameters, scaled_direction(direction, grads, loss_scale))
+        accumulate_heads(bound.task_parameters, heads, weights)  # heads: already S-scaled
         return weights.detach()
 
-    def _backward_representation(self, losses: Tensor, representation: Tensor) -> Tensor:
+    def _backward_representation(
+        self, losses: Tensor, representation: Tensor, loss_scale: Tensor | None = None
+    ) -> Tensor:
         """MGDA-UB: Gram of z_k, solve, one backward of sum_k w_k z_k through the encoder."""
         task_params = self.bound.task_parameters
-        z, heads = representation_gradients(losses, representation, task_params)
+        z, heads = representation_gradients(scaled(losses, loss_scale), representation, task_params)
+        z = unscaled(z, loss_scale)
         k = z.shape[0]
         rows = z.sum(dim=1) if self.rep_gram == "batch_sum" else z
         w, n = self.solve(gram(rows.reshape(k, -1)), losses.detach())
         weights = self.raw_weights(w, n, on_representation=True)
-        backward_through_representation(representation, weighted_sum(weights, z))
+        grad = scaled_direction(weighted_sum(weights, z), z, loss_scale)
+        backward_through_representation(representation, grad)
         accumulate_heads(task_params, heads, weights if self.weights_heads else None)
         return weights.to(losses.dtype).detach()
 

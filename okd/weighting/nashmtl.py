@@ -6,7 +6,15 @@ import math
 import torch
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting, _accumulate, _flatten, _write_flat
+from okd.weighting.base import (
+    GradientWeighting,
+    _accumulate,
+    _flatten,
+    _write_flat,
+    scaled,
+    scaled_direction,
+    unscaled,
+)
 from okd.weighting.gradtools import accumulate_heads, task_gradients, weighted_sum
 from okd.weighting.solvers import gram
 
@@ -46,6 +54,14 @@ class NashMTL(GradientWeighting):
     alpha is reused and a single backward pass of ``sum_k alpha_k L_k`` is done. The returned
     (logged) weights are alpha (unclipped). One host sync per update step: the Newton loop branches
     on values, so the K x K Gram matrix is moved to the CPU.
+
+    Loss scaling (fp16): the rows are taken from S L_k and divided by S before the Gram matrix, so
+    alpha and the clipping are the unscaled run's; heads get S alpha_k grad L_k, the shared
+    parameters S clip(G^T alpha). An overflow on an update step makes the Gram matrix non-finite:
+    the solve is refused (alpha, the warm start, is kept), the written direction is NaN, and the
+    step counter does not advance, so the next step solves again (the host already reads the Gram
+    matrix, so this costs no extra sync). An overflow on a reuse step (update_weights_every > 1)
+    also writes NaN but advances the counter: checking it would cost a sync those steps avoid.
     """
 
     def __init__(
@@ -70,6 +86,7 @@ class NashMTL(GradientWeighting):
         self.tol = tol
         self.step = 0
         self.last_solve_ok = True
+        self.last_gram_finite = True
 
     def setup(self, num_tasks: int) -> None:
         # Warm start of the solver = the alpha in use (float64, survives checkpoints).
@@ -78,7 +95,9 @@ class NashMTL(GradientWeighting):
     # -- the solve ---------------------------------------------------------------------------
     def solve(self, gram_matrix: Tensor) -> Tensor:
         """alpha for the Gram matrix M (updates the warm start when the solve succeeds)."""
-        alpha, ok = solve_nash_system(gram_matrix, self.alpha, self.optim_niter, self.tol)
+        m = gram_matrix.detach().to("cpu", torch.float64)  # the one host transfer of the step
+        self.last_gram_finite = bool(torch.isfinite(m).all())
+        alpha, ok = solve_nash_system(m, self.alpha, self.optim_niter, self.tol)
         self.last_solve_ok = ok
         if ok:
             self.alpha.copy_(alpha)
@@ -97,25 +116,28 @@ class NashMTL(GradientWeighting):
         return direction * coef
 
     # -- backward ----------------------------------------------------------------------------
-    def backward(self, losses, extra_loss=None, representation=None):
+    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         """Backpropagate ``sum_k alpha_k L_k`` (heads alpha-weighted, shared direction clipped)."""
         if extra_loss is not None:
-            extra_loss.backward(retain_graph=True)
+            scaled(extra_loss, loss_scale).backward(retain_graph=True)
         shared = self.bound.shared_parameters
         heads = self.bound.task_parameters
         if self.step % self.update_weights_every == 0:
-            grads, head_grads = task_gradients(losses, shared, heads)
-            grads = self.bound.reduce(grads)
+            grads, head_grads = task_gradients(scaled(losses, loss_scale), shared, heads)
+            grads = unscaled(self.bound.reduce(grads), loss_scale)
             direction, alpha = self.combine(grads, losses.detach())
             accumulate_heads(heads, head_grads, alpha)  # = grad of sum_k alpha_k L_k on the heads
+            # a step whose gradients are not finite (overflow: GradScaler skips it) does not count
+            self.step += int(self.last_gram_finite)
         else:
             alpha = self.alpha.to(losses.device)
             weighted = (alpha.to(losses.dtype) * losses).sum()
-            g = torch.autograd.grad(weighted, shared + heads, allow_unused=True)
-            direction = self.clip(_flatten(g[: len(shared)], shared))
+            g = torch.autograd.grad(scaled(weighted, loss_scale), shared + heads, allow_unused=True)
+            grads = unscaled(_flatten(g[: len(shared)], shared), loss_scale)
+            direction = self.clip(grads)
             _accumulate(heads, g[len(shared):])
-        self.step += 1
-        _write_flat(shared, direction)
+            self.step += 1
+        _write_flat(shared, scaled_direction(direction, grads, loss_scale))
         return alpha.detach().to(losses.dtype)
 
     # -- state -------------------------------------------------------------------------------

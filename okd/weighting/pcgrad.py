@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting
+from okd.weighting.base import GradientWeighting, finite_or_zero
 from okd.weighting.gradtools import OwnedGenerator, random_orders, weighted_sum
 from okd.weighting.solvers import gram
 
@@ -50,6 +50,10 @@ class PCGrad(GradientWeighting):
 
     Cost: K backward passes, K x K Gram, K(K-1) tiny vector ops. Heads: raw gradients.
 
+    Loss scaling (fp16): the base class unscales the rows before :meth:`combine` and scales the
+    direction. An overflow step projects on a zero Gram matrix (C = I: finite logged weights),
+    writes NaN (GradScaler skips it) and consumes its draw of the orders.
+
     Args:
         reduction: ``sum`` (default, official) or ``mean``.
         seed: seed of the method's generator.
@@ -69,7 +73,7 @@ class PCGrad(GradientWeighting):
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         k = grads.shape[0]
         orders = random_orders(k, self.generator.get("cpu"))
-        weights = pcgrad_coefficients(gram(grads), orders, self.eps).sum(dim=0)
+        weights = pcgrad_coefficients(finite_or_zero(gram(grads)), orders, self.eps).sum(dim=0)
         if self.reduction == "mean":
             weights = weights / k
         return weighted_sum(weights, grads), weights.to(grads.dtype)

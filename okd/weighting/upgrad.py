@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting
+from okd.weighting.base import GradientWeighting, finite_or_zero
 from okd.weighting.gradtools import weighted_sum
 from okd.weighting.qp import min_quadratic_above
 from okd.weighting.solvers import gram
@@ -30,6 +30,9 @@ class UPGrad(GradientWeighting):
     span the space. Scale: w is invariant to a common scale of the gradients, d scales like G (mean
     scale). Heads get their ordinary gradients. The logged weights are w. One host sync per step:
     the active-set loop branches on values, so M goes to the CPU.
+
+    Loss scaling (fp16): the base class unscales the rows before :meth:`combine` and scales the
+    direction; stateless, so an overflow step (its Gram matrix counts as zeros) only writes NaN.
     """
 
     def __init__(
@@ -67,8 +70,8 @@ def upgrad_weights(
     norm_eps: float = 1e-4,
     reg_eps: float = 1e-4,
 ) -> Tensor:
-    """UPGrad's weights w (float64, CPU) from the Gram matrix M."""
-    m = gram_matrix.detach().to("cpu", torch.float64)
+    """UPGrad's weights w (float64, CPU) from the Gram matrix M (non-finite M: zeros, fp16 overflow)."""
+    m = finite_or_zero(gram_matrix.detach().to("cpu", torch.float64))
     k = m.shape[0]
     eye = torch.eye(k, dtype=torch.float64)
     p = torch.full((k,), 1.0 / k, dtype=torch.float64)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from toy_three_task import Toy, assert_yaml_matches_defaults, extra_gradient, one_step, roundtrip, train
+from toys import Toy, assert_yaml_matches_defaults, extra_gradient, one_step, roundtrip, train
 
 from okd.weighting.alignedmtl import AlignedMTL, AlignedMTLUB, alignment_matrix
 
@@ -97,7 +97,7 @@ def test_ub_integration_gradients():
     v = (alpha.float() @ zk).view_as(z)
     expected = torch.cat([p.reshape(-1) for p in torch.autograd.grad(z, list(toy.shared.parameters()), v)])
     _, head_grads = toy.task_gradients()
-    w, shared, heads = one_step(method, toy, use_representation=True)
+    w, shared, heads = one_step(method, toy)
     torch.testing.assert_close(w, alpha)
     torch.testing.assert_close(shared, expected, rtol=1e-5, atol=1e-6)
     for k in range(3):
@@ -109,8 +109,9 @@ def test_extra_loss_adds_to_the_shared_gradient(cls, rep):
     toy = Toy(seed=2)
     method = cls()
     method.bind(toy.bound)
-    _, shared, _ = one_step(method, toy, use_representation=rep)
-    _, shared_x, _ = one_step(method, toy, extra=True, use_representation=rep)
+    assert method.needs_representation == rep  # the helpers pass Z to exactly these methods
+    _, shared, _ = one_step(method, toy)
+    _, shared_x, _ = one_step(method, toy, extra=True)
     torch.testing.assert_close(shared_x - shared, extra_gradient(toy), rtol=1e-5, atol=1e-6)
 
 
@@ -119,7 +120,8 @@ def test_training_decreases_every_loss(cls, rep):
     toy = Toy(seed=3)
     method = cls()
     method.bind(toy.bound)
-    first, last = train(method, toy, steps=40, lr=0.05, use_representation=rep)
+    assert method.needs_representation == rep
+    first, last = train(method, toy, steps=40, lr=0.05)
     assert (last < first).all(), (first, last)
 
 

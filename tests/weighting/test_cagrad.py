@@ -6,7 +6,7 @@ import torch
 
 from okd.weighting.cagrad import CAGrad, cagrad_weights
 from okd.weighting.solvers import gram
-from weighting_toy import Toy, bound_method, check_descent, check_extra_loss, check_round_trip, step
+from toys import TanhToy, bound_method, check_descent, check_extra_loss, check_round_trip, step
 
 
 def t64(x) -> torch.Tensor:
@@ -97,7 +97,7 @@ def test_bad_arguments_raise():
 
 
 def test_backward_writes_combine_and_raw_heads():
-    toy = Toy()
+    toy = TanhToy()
     cag = bound_method(CAGrad, toy)
     ref = toy.reference()
     expected, weights = cag.combine(ref["G"], ref["losses"])

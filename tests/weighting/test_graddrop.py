@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from okd.weighting.graddrop import GradDrop, keep_coefficients, sign_purity
-from weighting_toy import Toy, bound_method, check_descent, check_extra_loss, check_round_trip, step
+from toys import TanhToy, bound_method, check_descent, check_extra_loss, check_round_trip, step
 
 
 def t64(x) -> torch.Tensor:
@@ -101,7 +101,7 @@ def test_bad_arguments_raise():
 
 
 def test_needs_representation():
-    toy = Toy()
+    toy = TanhToy()
     drop = bound_method(GradDrop, toy)
     assert drop.needs_representation
     losses, _ = toy.forward()
@@ -110,7 +110,7 @@ def test_needs_representation():
 
 
 def test_backward_representation_level():
-    toy = Toy()
+    toy = TanhToy()
     drop = bound_method(lambda: GradDrop(seed=5), toy)
     twin = bound_method(lambda: GradDrop(seed=5), toy)
     ref = toy.reference()
@@ -122,7 +122,7 @@ def test_backward_representation_level():
 
 
 def test_backward_parameter_level():
-    toy = Toy()
+    toy = TanhToy()
     drop = bound_method(lambda: GradDrop(level="parameters", seed=5), toy)
     twin = bound_method(lambda: GradDrop(level="parameters", seed=5), toy)
     ref = toy.reference()

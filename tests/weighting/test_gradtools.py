@@ -14,11 +14,11 @@ from okd.weighting.gradtools import (
     task_gradients,
     weighted_sum,
 )
-from weighting_toy import Toy
+from toys import TanhToy
 
 
 def test_task_gradients_match_autograd_and_free_the_graph():
-    toy = Toy()
+    toy = TanhToy()
     ref = toy.reference()
     losses, _ = toy.forward()
     grads, heads = task_gradients(losses, toy.bound.shared_parameters, toy.bound.task_parameters)
@@ -33,7 +33,7 @@ def test_task_gradients_match_autograd_and_free_the_graph():
 
 
 def test_representation_gradients_keep_the_encoder_graph():
-    toy = Toy()
+    toy = TanhToy()
     ref = toy.reference()
     losses, z = toy.forward()
     rows, heads = representation_gradients(losses, z, toy.bound.task_parameters)
@@ -47,7 +47,7 @@ def test_representation_gradients_keep_the_encoder_graph():
 
 
 def test_accumulate_heads_unweighted_adds_to_existing_grad():
-    toy = Toy()
+    toy = TanhToy()
     ref = toy.reference()
     losses, _ = toy.forward()
     _, heads = task_gradients(losses, toy.bound.shared_parameters, toy.bound.task_parameters)

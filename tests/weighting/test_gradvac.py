@@ -12,7 +12,7 @@ from okd.weighting.gradtools import random_orders
 from okd.weighting.gradvac import GradVac, vaccine_coefficients
 from okd.weighting.pcgrad import PCGrad
 from okd.weighting.solvers import gram
-from weighting_toy import Toy, bound_method, check_descent, check_extra_loss, check_round_trip, step
+from toys import TanhToy, bound_method, check_descent, check_extra_loss, check_round_trip, step
 
 
 def t64(x) -> torch.Tensor:
@@ -97,7 +97,7 @@ def reference_gradvac(g, sizes, phi_hat, orders, beta):
 
 @pytest.mark.parametrize("group_type", ["whole", "tensor"])
 def test_matches_vector_reference_over_steps(group_type):
-    toy = Toy()
+    toy = TanhToy()
     vac = bound_method(lambda: GradVac(beta=0.3, group_type=group_type, seed=2), toy)
     sizes = [25] if group_type == "whole" else [20, 5]  # shared Linear(4, 5): weight, bias
     assert vac.group_sizes == sizes and vac.phi_hat.shape == (3, 3, len(sizes))
@@ -119,14 +119,14 @@ def test_bad_arguments_raise():
                          ({"eps": 0}, "eps")]:
         with pytest.raises(ValueError, match=name):
             GradVac(**kwargs)
-    toy = Toy()
+    toy = TanhToy()
     vac = bound_method(GradVac, toy)
     with pytest.raises(ValueError, match="columns"):
         vac.combine(torch.ones(3, 7), torch.ones(3))
 
 
 def test_backward_writes_combine_and_raw_heads():
-    toy = Toy()
+    toy = TanhToy()
     vac = bound_method(lambda: GradVac(group_type="tensor", seed=3), toy)
     twin = bound_method(lambda: GradVac(group_type="tensor", seed=3), toy)
     ref = toy.reference()

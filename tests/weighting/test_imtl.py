@@ -8,7 +8,7 @@ import torch
 
 from okd.weighting.imtl import IMTL, imtl_g_weights
 from okd.weighting.solvers import gram
-from weighting_toy import Toy, bound_method, check_descent, check_extra_loss, check_round_trip, step
+from toys import TanhToy, bound_method, check_descent, check_extra_loss, check_round_trip, step
 
 
 def t64(x) -> torch.Tensor:
@@ -70,7 +70,7 @@ def _set_scales(imtl: IMTL, values) -> torch.Tensor:
 
 
 def test_mode_g_backward():
-    toy = Toy()
+    toy = TanhToy()
     imtl = bound_method(lambda: IMTL(mode="g"), toy)
     assert imtl.param_groups() == []
     ref = toy.reference()
@@ -81,7 +81,7 @@ def test_mode_g_backward():
 
 
 def test_mode_l_backward_is_scaled_losses():
-    toy = Toy()
+    toy = TanhToy()
     imtl = bound_method(lambda: IMTL(mode="l"), toy)
     assert imtl.param_groups()[0]["params"] == [imtl.log_scales]
     scales = _set_scales(imtl, [0.3, -0.2, 0.0])
@@ -96,7 +96,7 @@ def test_mode_l_backward_is_scaled_losses():
 
 
 def test_mode_hybrid_backward():
-    toy = Toy()
+    toy = TanhToy()
     imtl = bound_method(IMTL, toy)
     scales = _set_scales(imtl, [0.3, -0.2, 0.1])
     ref = toy.reference()
@@ -112,7 +112,7 @@ def test_mode_hybrid_backward():
 
 @pytest.mark.parametrize("mode", ["g", "hybrid"])
 def test_representation_level_backward(mode):
-    toy = Toy()
+    toy = TanhToy()
     imtl = bound_method(lambda: IMTL(mode=mode, level="representation"), toy)
     assert imtl.needs_representation
     scales = torch.ones(3, dtype=torch.float64) if mode == "g" else _set_scales(imtl, [0.2, 0.0, -0.4])

@@ -6,8 +6,8 @@ import torch
 
 from okd.weighting.mgda import MGDA
 from okd.weighting.solvers import gram, min_norm_element
-from weighting_toy import (
-    Toy,
+from toys import (
+    TanhToy,
     bound_method,
     check_descent,
     check_extra_loss,
@@ -111,7 +111,7 @@ def test_bad_arguments_raise():
 # -- integration on the 3-task toy --------------------------------------------------------------
 @pytest.mark.parametrize("apply", ["original", "libmtl", "nashmtl"])
 def test_backward_writes_combine_and_head_rule(apply):
-    toy = Toy()
+    toy = TanhToy()
     mgda = bound_method(lambda: MGDA(normalization="loss+", apply=apply), toy)
     ref = toy.reference()
     expected, weights = mgda.combine(ref["G"], ref["losses"])
@@ -126,7 +126,7 @@ def test_backward_writes_combine_and_head_rule(apply):
 @pytest.mark.parametrize("rep_gram", ["flatten", "batch_sum"])
 @pytest.mark.parametrize("apply", ["original", "libmtl"])
 def test_mgda_ub_backward(rep_gram, apply):
-    toy = Toy()
+    toy = TanhToy()
     mgda = bound_method(lambda: MGDA(use_representation=True, rep_gram=rep_gram, apply=apply), toy)
     assert mgda.needs_representation
     ref = toy.reference()
@@ -142,7 +142,7 @@ def test_mgda_ub_backward(rep_gram, apply):
 
 
 def test_mgda_ub_needs_representation():
-    toy = Toy()
+    toy = TanhToy()
     mgda = bound_method(lambda: MGDA(use_representation=True), toy)
     losses, _ = toy.forward()
     with pytest.raises(ValueError, match="representation"):

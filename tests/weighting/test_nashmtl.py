@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from toy_three_task import Toy, assert_yaml_matches_defaults, extra_gradient, one_step, roundtrip, train
+from toys import Toy, assert_yaml_matches_defaults, extra_gradient, one_step, roundtrip, train
 
 from okd.weighting.base import BoundModel
 from okd.weighting.nashmtl import NashMTL, solve_nash_system

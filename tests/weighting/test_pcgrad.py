@@ -7,8 +7,8 @@ import torch
 from okd.weighting.gradtools import random_orders
 from okd.weighting.pcgrad import PCGrad, pcgrad_coefficients
 from okd.weighting.solvers import gram
-from weighting_toy import (
-    Toy,
+from toys import (
+    TanhToy,
     bound_method,
     check_descent,
     check_extra_loss,
@@ -77,7 +77,7 @@ def test_orders_are_seeded_and_cover_the_other_tasks():
 
 def test_generator_state_round_trip_on_order_dependent_case():
     rows = t64([[1, 0, 0], [-0.5, 1, 0], [-0.5, -0.5, 1]])
-    toy = Toy()  # only to bind: combine itself sees the hand-made rows
+    toy = TanhToy()  # only to bind: combine itself sees the hand-made rows
     first = bound_method(lambda: PCGrad(seed=7), toy)
     for _ in range(3):
         first.combine(rows, torch.ones(3))
@@ -102,7 +102,7 @@ def test_bad_arguments_raise():
 
 
 def test_backward_writes_combine_and_raw_heads():
-    toy = Toy()
+    toy = TanhToy()
     pc = bound_method(lambda: PCGrad(seed=3), toy)
     twin = bound_method(lambda: PCGrad(seed=3), toy)
     ref = toy.reference()
