@@ -214,8 +214,8 @@ def test_bf16_and_channels_last_train_and_evaluate(tmp_path):
     summary = run(compose_cfg([*TINY, "trainer.epochs=1", "trainer.precision=bf16", "trainer.channels_last=true",
                                "weighting=pcgrad"]), tmp_path)
     assert np.isfinite(summary["final"]["test"]["loss"])
-    with pytest.raises(ValueError, match="trainer.precision must be 32 or bf16"):
-        build(compose_cfg([*TINY, "trainer.precision=16"]), tmp_path / "x")
+    with pytest.raises(ValueError, match=r"trainer.precision must be one of \['32', 'bf16', '16'\], got 8"):
+        build(compose_cfg([*TINY, "trainer.precision=8"]), tmp_path / "x")
 
 
 @pytest.mark.parametrize("method", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "weighting").glob("*.yaml")))

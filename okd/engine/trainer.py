@@ -33,6 +33,8 @@ from okd.tasks import Task, metric_directions
 from okd.weighting.base import BoundModel, LossWeighting, Weighting
 
 CHECKPOINT_VERSION = 1
+#: trainer.precision -> autocast dtype (None: float32, no autocast)
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
 def select_device(device: str) -> torch.device:
@@ -93,6 +95,7 @@ class Trainer:
         precision: str | int = 32,
         channels_last: bool = False,
         cudnn_benchmark: bool = True,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         _check_positive("trainer.epochs", epochs)
         _check_positive("trainer.batch_size", batch_size)
@@ -128,11 +131,13 @@ class Trainer:
             raise ValueError(f"trainer.log_images must be an integer >= 0, got {log_images!r}")
         self.log_images = log_images
         self.precision = str(precision)
-        if self.precision not in ("32", "bf16"):
-            raise ValueError(
-                f"trainer.precision must be 32 or bf16, got {precision!r} (fp16 with gradient scaling is not "
-                f"available yet: several weighting methods manipulate gradients or learn weights outside the "
-                f"network, which a plain GradScaler would unscale wrongly)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision must be one of {list(PRECISIONS)}, got {precision!r} (32: float32; "
+                             f"bf16: bfloat16 autocast; 16: float16 autocast with gradient scaling)")
+        if not isinstance(compile, (bool, Mapping)):
+            raise ValueError(f"trainer.compile must be true, false or a dict of torch.compile arguments "
+                             f"(e.g. {{mode: max-autotune}}), got {compile!r}")
+        self.compile = dict(compile) if isinstance(compile, Mapping) else ({} if compile else None)
         self.channels_last = channels_last
         self.cudnn_benchmark = cudnn_benchmark
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
@@ -140,6 +145,7 @@ class Trainer:
         self.requeue = requeue
         self._signal: int | None = None
         self._manual_sync = False
+        self.scaler: torch.amp.GradScaler | None = None
         self.world_size, self.is_main = 1, True
         self._skipped_last = False
         self._in_epoch: dict | None = None
@@ -233,6 +239,13 @@ class Trainer:
         ctx.weighting.to(self.device)
         ctx.distiller.setup(model, ctx.tasks, self.device, build_model=ctx.build_model)
         self.train_model = self._wrap_ddp(model)
+        self.eval_model: nn.Module = model
+        if self.compile is not None:
+            self._compile()
+        # fp16: one GradScaler for the student, its weighting's parameters and the distiller's optimizers
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16" else None
+        ctx.distiller.grad_scaler = self.scaler
+        self._one = torch.ones((), device=self.device)
         try:
             self.optimizer = self.optimizer_factory(
                 [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -265,6 +278,15 @@ class Trainer:
         self._manual_sync = not isinstance(self.ctx.weighting, LossWeighting)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=None if ids is None else ids[0])
+
+    def _compile(self) -> None:
+        """torch.compile the forward passes (training and evaluation; static shapes)."""
+        options = {"dynamic": False, **self.compile}
+        try:
+            self.train_model = torch.compile(self.train_model, **options)
+            self.eval_model = torch.compile(self.ctx.model, **options)
+        except (TypeError, RuntimeError) as err:
+            raise ValueError(f"trainer.compile={self.compile}: torch.compile rejected it: {err}") from err
 
     def _hand_synced_parameters(self) -> list[nn.Parameter]:
         """Parameters of the student's optimizer whose gradients DDP does not average: those outside
@@ -423,7 +445,10 @@ class Trainer:
                 extra = ctx.distiller.training_step(images, targets, out)
             self.optimizer.zero_grad(set_to_none=True)
             representation = out.features[ctx.model.representation_key] if ctx.weighting.needs_representation else None
-            weights = ctx.weighting.backward(losses, extra_loss=extra, representation=representation)
+            # fp16: the weighting scales what it backpropagates by S (and unscales what it reasons about)
+            scale = self.scaler.scale(self._one) if self.scaler is not None else None
+            weights = ctx.weighting.backward(losses, extra_loss=extra, representation=representation,
+                                             **({"loss_scale": scale} if scale is not None else {}))
         distributed.average_gradients_(self._hand_synced)
         self._skipped_last = False
         if self.nan_policy == "skip" and not self._all_finite(losses):
@@ -432,13 +457,23 @@ class Trainer:
             self._skipped_last = True
             self.skipped_steps += 1
             return losses.detach(), weights
-        self.optimizer.step()
+        stepped = True
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # unscales; skips the step when a gradient overflowed
+            stepped = not _scaler_found_inf(self.scaler, self.optimizer)
+        else:
+            self.optimizer.step()
         detached = losses.detach()
-        ctx.weighting.after_step(detached, recompute_losses=self._recompute(images, targets))
+        if stepped:  # an fp16 overflow leaves the weighting's state (e.g. FAMO's) where it was
+            ctx.weighting.after_step(detached, recompute_losses=self._recompute(images, targets))
         ctx.distiller.after_step()
+        if self.scaler is not None:
+            self.scaler.update()
         return detached, weights
 
     def _all_finite(self, losses: Tensor) -> bool:
+        if self.scaler is not None:  # fp16: overflowing gradients are the scaler's business (it skips them)
+            return bool(torch.isfinite(losses.detach()).all())
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         norms = torch.stack([losses.detach().sum()] + [g.norm() for g in grads]) if grads else losses.detach()
         return bool(torch.isfinite(norms).all())
@@ -455,8 +490,8 @@ class Trainer:
     @torch.inference_mode()
     def evaluate(self, loader: DataLoader, split: str = "eval") -> dict[str, float]:
         """Task losses and split-level metrics of the current model on one split."""
-        model, tasks = self.ctx.model, self.ctx.tasks
-        model.eval()
+        model, tasks = self.eval_model, self.ctx.tasks
+        self.ctx.model.eval()
         metrics = {t.name: t.metric() for t in tasks}
         loss_sum = torch.zeros(len(tasks), device=self.device, dtype=torch.float64)
         count = 0
@@ -483,8 +518,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _autocast(self):
-        """bf16 autocast for precision=bf16 (losses, metrics and weighting stay in fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        """bf16/fp16 autocast for precision=bf16/16 (losses, metrics and weighting stay in fp32)."""
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def _to_device(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         nb = self.device.type == "cuda"
@@ -529,6 +565,12 @@ class Trainer:
                 f"(online teachers) or another weighting")
         if self.world_size > 1:
             self._validate_distributed(ctx)
+        if self.compile is not None and ctx.weighting.needs_representation:
+            raise ValueError(
+                f"trainer.compile=true with weighting {ctx.choices.get('weighting', type(ctx.weighting).__name__)}: "
+                f"this method backpropagates to the shared representation first and through the encoder "
+                f"afterwards, but a compiled network is one autograd node that can only be differentiated "
+                f"as a whole; use trainer.compile=false or the method's parameter-level variant")
         directions = metric_directions(ctx.tasks)
         if self.monitor != "loss" and self.monitor not in directions:
             raise ValueError(f"trainer.monitor={self.monitor!r} is not a metric of these tasks; use 'loss' "
@@ -569,6 +611,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "weighting": ctx.weighting.checkpoint_state(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "distiller": ctx.distiller.checkpoint_state(),
             "rng": rng_state(),
             "best": self.best,
@@ -602,6 +645,8 @@ class Trainer:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.ctx.weighting.load_checkpoint_state(state["weighting"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.ctx.distiller.load_checkpoint_state(state["distiller"])
         set_rng_state(state["rng"])
         self.best = state["best"]
@@ -723,6 +768,13 @@ class Trainer:
         print(f"results: {Path(ctx.run_dir) / 'summary.json'} and metrics.jsonl; "
               f"checkpoints: {self.checkpoint_dir}; logger: {ctx.logger.describe()}",
               file=log_stream, flush=True)
+
+
+def _scaler_found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``scaler.step(optimizer)`` just skipped the step. GradScaler.step has already read
+    these flags on the host to decide, so reading them again costs no further device sync."""
+    flags = scaler._per_optimizer_states[id(optimizer)].get("found_inf_per_device", {})
+    return any(bool(v) for v in flags.values())
 
 
 class Preempted(Exception):

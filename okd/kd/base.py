@@ -21,6 +21,20 @@ class Distiller(nn.Module):
 
     #: True when :meth:`reference_losses` gives per-task teacher losses (needed by OTW).
     provides_reference_losses: bool = False
+    #: the trainer's ``torch.amp.GradScaler`` under ``trainer.precision=16`` (set by the trainer;
+    #: None otherwise): a distiller scales its own losses with it and steps its optimizers through it.
+    grad_scaler = None
+
+    def scaled(self, loss: Tensor) -> Tensor:
+        """``loss`` times the fp16 loss scale (unchanged without a scaler)."""
+        return loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``, through the scaler under fp16 (unscale; skip on overflow)."""
+        if self.grad_scaler is None:
+            optimizer.step()
+        else:
+            self.grad_scaler.step(optimizer)
 
     def setup(
         self,

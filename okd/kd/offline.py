@@ -147,7 +147,7 @@ class OfflineDistillation(Distiller):
     def after_step(self) -> None:
         if self.adaptor_optimizer is not None:
             distributed.average_gradients_(self.afd.adaptor_parameters())  # outside DDP's wrapper
-            self.adaptor_optimizer.step()
+            self.step(self.adaptor_optimizer)  # through the fp16 scaler, if any
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         if not self._steps:

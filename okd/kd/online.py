@@ -221,7 +221,7 @@ class OnlineDistillation(Distiller):
                 loss = t.loss(out.predictions[t.name], targets[t.name])
             if update:
                 self.teacher_optimizers[t.name].zero_grad(set_to_none=True)
-                loss.backward()                                          # its own loss only
+                self.scaled(loss).backward()                             # its own loss only
             losses.append(loss.detach())
             if self.afd is not None:
                 teacher_features[t.name] = {k: out.features[k].detach() for k in self._teacher_keys[t.name]}
@@ -242,10 +242,10 @@ class OnlineDistillation(Distiller):
         if self.teachers_update:
             distributed.average_gradients_(self.teachers.parameters())
             for opt in self.teacher_optimizers.values():
-                opt.step()
+                self.step(opt)
         if self.adaptor_optimizer is not None:
             distributed.average_gradients_(self.afd.adaptor_parameters())
-            self.adaptor_optimizer.step()
+            self.step(self.adaptor_optimizer)  # its gradients came scaled through the student's backward
 
     # -- per epoch -------------------------------------------------------------------------------
     def reference_losses(self) -> Tensor | None:
