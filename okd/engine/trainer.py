@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -308,7 +309,11 @@ class Trainer:
         ctx.weighting.on_epoch_end(epoch, train_losses, ctx.distiller.reference_losses())
         kd_logs = ctx.distiller.on_epoch_end(epoch)
         if self.scheduler is not None:
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                # fp16: GradScaler may skip every step of an epoch (while it finds its scale); PyTorch
+                # then warns that the scheduler stepped before the optimizer, which is expected here
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                self.scheduler.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
@@ -459,8 +464,11 @@ class Trainer:
             return losses.detach(), weights
         stepped = True
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)  # unscales; skips the step when a gradient overflowed
+            self.scaler.unscale_(self.optimizer)
+            # read the overflow flags before the optimizer's kernels are queued: GradScaler.step's own
+            # read then finds the device idle, so a step costs one host sync, as with a plain scaler
             stepped = not _scaler_found_inf(self.scaler, self.optimizer)
+            self.scaler.step(self.optimizer)  # skips the step when a gradient overflowed
         else:
             self.optimizer.step()
         detached = losses.detach()
@@ -771,8 +779,8 @@ class Trainer:
 
 
 def _scaler_found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``scaler.step(optimizer)`` just skipped the step. GradScaler.step has already read
-    these flags on the host to decide, so reading them again costs no further device sync."""
+    """Whether ``scaler.step(optimizer)`` will skip the step (after ``scaler.unscale_(optimizer)``):
+    the flags GradScaler.step reads on the host to decide."""
     flags = scaler._per_optimizer_states[id(optimizer)].get("found_inf_per_device", {})
     return any(bool(v) for v in flags.values())
 

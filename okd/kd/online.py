@@ -192,9 +192,10 @@ class OnlineDistillation(Distiller):
                 steps += 1
             means = distributed.average(sums / max(steps, 1)).tolist()
             self._warmup_log = {f"teacher/warmup_loss/{t.name}": v for t, v in zip(self.tasks, means)}
-            print(f"okd warm-up epoch {epoch + 1}/{self.warmup_epochs}: teacher losses "
-                  + ", ".join(f"{t.name} {v:.4g}" for t, v in zip(self.tasks, means)),
-                  file=_log_stream(), flush=True)
+            if distributed.is_main():
+                print(f"okd warm-up epoch {epoch + 1}/{self.warmup_epochs}: teacher losses "
+                      + ", ".join(f"{t.name} {v:.4g}" for t, v in zip(self.tasks, means)),
+                      file=_log_stream(), flush=True)
 
     def _teacher_steps(self, images: Tensor, targets: Mapping[str, Tensor]) -> Tensor:
         """One plain optimisation step of every teacher; returns the (K,) detached losses."""
