@@ -99,10 +99,11 @@ def test_every_ddp_capable_method_gives_the_whole_batch_gradients(tmp_path):
 # -- a whole run ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
-    """A 2-epoch torchrun run, and the same run stopped after epoch 0 then resumed."""
+    """A 2-epoch torchrun OKD run (teachers warm up, then train with the student), and the same run
+    stopped after epoch 0 then resumed."""
     base = tmp_path_factory.mktemp("ddp")
     straight, cut = base / "straight", base / "cut"
-    cmd = [*TORCHRUN, str(ROOT / "run.py"), *TINY, "weighting=dwa"]
+    cmd = [*TORCHRUN, str(ROOT / "run.py"), *TINY, "kd=okd", "weighting=otw", "kd.warmup_epochs=1"]
     log = _run([*cmd, "trainer.epochs=2", "logger=wandb", f"hydra.run.dir={straight}"], base)
     _run([*cmd, "trainer.epochs=1", "logger=none", f"hydra.run.dir={cut}"], base)
     _run([*cmd, "trainer.epochs=2", "logger=none", "trainer.resume=true", f"hydra.run.dir={cut}"], base)
@@ -116,6 +117,8 @@ def test_torchrun_run_logs_once(ddp_runs):
     assert sorted(keys) == sorted({(e, s) for e in (0, 1) for s in ("train", "val", "test")})  # no duplicates
     assert len(list((straight / "wandb").glob("offline-run-*"))) == 1
     assert log.stderr.count("results: ") == 1 and "x 2 processes (DDP)" in log.stderr
+    assert log.stderr.count("okd warm-up epoch 1/1") == 1
+    assert all(f"teacher/{t}/{m}" in rows[-1] for t, m in (("segmentation", "miou"), ("depth", "abs_err")))
     assert len(list(straight.glob("**/.hydra"))) == 1 and (straight / "summary.json").is_file()
 
 
