@@ -330,6 +330,7 @@ class Trainer:
         train_row = {f"loss/{n}": l for n, l in zip(names, losses)}
         train_row.update({f"weight/{n}": w for n, w in zip(names, weights)})
         train_row.update(kd_logs)
+        train_row.update(ctx.weighting.epoch_logs())
         train_row["lr"] = self.optimizer.param_groups[0]["lr"]
         rows = {"train": train_row}
         for split, loader in self.eval_loaders.items():

@@ -137,6 +137,11 @@ class Weighting(nn.Module):
         just ended (epoch counts from 0); ``reference_losses``: the same for the teachers, when a
         distiller provides them (OTW)."""
 
+    def epoch_logs(self) -> dict[str, float]:
+        """Scalars worth logging after :meth:`on_epoch_end` (merged into the epoch's train row,
+        e.g. OTW's loss ratios); one host read per epoch at most."""
+        return {}
+
     # -- state ---------------------------------------------------------------------------------
     def extra_state(self) -> dict:
         """Python-side state (histories, counters, RNG) for checkpoints."""

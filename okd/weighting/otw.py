@@ -80,6 +80,12 @@ class OTW(LossWeighting):
         self.previous.copy_(student)
         self.epochs_seen += 1
 
+    def epoch_logs(self) -> dict[str, float]:
+        """``otw/ratio/<task>``: r_k of the epoch that just ended, which sets the next epoch's weights."""
+        if int(self.epochs_seen) == 0:
+            return {}
+        return {f"otw/ratio/{name}": r for name, r in zip(self.bound.task_names, self.ratios.tolist())}
+
     def ratio(self, student: Tensor, teacher: Tensor, previous: Tensor, first: bool) -> Tensor:
         """r_k for the next epoch from the epoch that ended (``first``: it was epoch 0)."""
         r = student / teacher

@@ -207,6 +207,9 @@ def test_okd_run_end_to_end_logs_everything_and_resumes_exactly(tmp_path):
     # OTW wiring: epoch 0 weights 1; epoch 1 = K softmax(min(L/T, 1) / 0.1) from epoch 0's row (unclamped)
     assert [train0[f"weight/{t}"] for t in tasks] == [1.0, 1.0, 1.0]
     r = [min(train0[f"loss/{t}"] / train0[f"teacher/loss/{t}"], 1.0) / 0.1 for t in tasks]
+    assert [train0[f"otw/ratio/{t}"] for t in tasks] == pytest.approx([v * 0.1 for v in r], rel=1e-6)
+    assert [train1[f"otw/ratio/{t}"] for t in tasks] == pytest.approx(
+        [train1[f"loss/{t}"] / train1[f"teacher/loss/{t}"] for t in tasks], rel=1e-5)  # from epoch 1: unclipped
     m = max(r)
     expected = [3 * math.exp(v - m) / sum(math.exp(u - m) for u in r) for v in r]
     assert [train1[f"weight/{t}"] for t in tasks] == pytest.approx(expected, rel=1e-5)
