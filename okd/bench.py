@@ -236,37 +236,32 @@ def plain_step(model: nn.Module, loss_fn: Callable[[Any], Tensor], images: Tenso
     return step
 
 
-def bare_student_step(fw: Framework, variant: Variant) -> Callable[[], None]:
-    """The same student and task losses as ``fw``, in a plain loop."""
+def bare_student_step(fw: Framework, variant: Variant, with_afd: bool = False) -> Callable[[], None]:
+    """The same student and task losses as ``fw``, in a plain loop.
+
+    ``with_afd``: the OKD student's own step -- its task losses plus the AFD loss (adaptors, gates,
+    feature distances: the method's arithmetic, not framework code) against the teachers' features
+    of this batch. Those are computed once here: the teachers' forward passes are timed in their own
+    steps.
+    """
     ctx, device = fw.ctx, fw.device
     model = clone(ctx.model, lambda: ctx.build_model(ctx.tasks), device).train()
-    optimizer = fw.trainer.optimizer_factory(model.parameters())
+    params = list(model.parameters())
     tasks, targets = ctx.tasks, fw.targets
+    afd, features = None, None
+    if with_afd:
+        distiller = ctx.distiller
+        afd = copy.deepcopy(distiller.afd)
+        params += list(afd.parameters())
+        with torch.no_grad(), variant.autocast(device):
+            outputs = {t.name: distiller.teachers[t.name](fw.images) for t in tasks}
+            features = {name: {k: out.features[k] for k in distiller._teacher_keys[name]}
+                        for name, out in outputs.items()}
+    optimizer = fw.trainer.optimizer_factory(params)
 
     def loss(out) -> Tensor:
-        return sum(t.loss(out.predictions[t.name], targets[t.name]).float() for t in tasks)
-
-    return plain_step(variant.prepare(model), loss, fw.images, optimizer, variant, device)
-
-
-def bare_student_afd_step(fw: Framework, variant: Variant) -> Callable[[], None]:
-    """The OKD student's own step in a plain loop: its task losses plus the AFD loss (adaptors,
-    gates, feature distances: the method's arithmetic, not framework code) against the teachers'
-    features of this batch. Those are computed once here: the teachers' forward passes are timed in
-    their own steps."""
-    ctx, device = fw.ctx, fw.device
-    distiller = ctx.distiller
-    model = clone(ctx.model, lambda: ctx.build_model(ctx.tasks), device).train()
-    afd = copy.deepcopy(distiller.afd)
-    with torch.no_grad(), variant.autocast(device):
-        outputs = {t.name: distiller.teachers[t.name](fw.images) for t in ctx.tasks}
-        features = {name: {k: out.features[k] for k in distiller._teacher_keys[name]} for name, out in outputs.items()}
-    optimizer = fw.trainer.optimizer_factory([*model.parameters(), *afd.parameters()])
-    tasks, targets = ctx.tasks, fw.targets
-
-    def loss(out) -> Tensor:
-        task_losses = sum(t.loss(out.predictions[t.name], targets[t.name]).float() for t in tasks)
-        return task_losses + afd(out.features, features).total
+        total = sum(t.loss(out.predictions[t.name], targets[t.name]).float() for t in tasks)
+        return total if afd is None else total + afd(out.features, features).total
 
     return plain_step(variant.prepare(model), loss, fw.images, optimizer, variant, device)
 
@@ -463,7 +458,7 @@ def bench_okd(bench: Bench, base: list[str], variant: Variant, okd: list[str], t
     bench.add("okd", "okd", make)
     fw = frameworks["okd"]
     if fw.ctx.distiller.afd is not None:  # the student's bare step includes the distillation loss
-        keys = [bench.add("okd", "bare student + AFD", lambda: bare_student_afd_step(fw, variant)).key]
+        keys = [bench.add("okd", "bare student + AFD", lambda: bare_student_step(fw, variant, with_afd=True)).key]
     else:
         keys = [bench.add("okd", "bare student", lambda: bare_student_step(fw, variant)).key]
     for task in fw.ctx.tasks:
