@@ -282,8 +282,9 @@ class AdaptiveFeatureDistillation(nn.Module):
             s = ss[0]
             if self.has_adaptors:
                 s = self.adaptors["all"][_key(stage)](s)
-            target = (sigma[:, j].view(1, -1, 1, 1, 1) * channel_normalize(t, 2, self.eps)).sum(1)
-            return (channel_normalize(s, 1, self.eps) - target).pow(2).sum(1).mean()
+            # float32: n(x)'s gradient at near-zero features overflows float16 (see _map_distance)
+            target = (sigma[:, j].view(1, -1, 1, 1, 1) * channel_normalize(t.float(), 2, self.eps)).sum(1)
+            return (channel_normalize(s.float(), 1, self.eps) - target).pow(2).sum(1).mean()
         if self.has_adaptors:
             weights = [self.adaptors[task][_key(stage)].weight for task in self.tasks]
             if self.templated:   # per-column features: each task's adaptor reads its own column
@@ -303,6 +304,10 @@ class AdaptiveFeatureDistillation(nn.Module):
         (the same value with less memory traffic, forward and backward).
         """
         eps = self.eps
+        # float32 under fp16/bf16 autocast: at pixels where a feature is (near) zero, as ReLU features
+        # often are, d(S/(S+eps))/dS = 1/eps = 1e6 and the rsqrt terms are larger still; in float16
+        # these gradients are inf at any loss scale, and every fp16 step would be skipped
+        a, t = a.float(), t.float()
         s_a = (a * a).sum(2)                                                          # B K|1 H W
         dot = (a * t).sum(2)                                                          # B K H W
         with torch.no_grad():

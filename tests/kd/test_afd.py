@@ -101,6 +101,25 @@ def test_teacher_features_receive_no_gradient_and_gates_and_adaptors_do():
     assert all(p.grad is not None for p in afd.adaptor_parameters())
 
 
+@pytest.mark.parametrize("variant", ["per_task", "summed"])
+def test_float16_features_with_zero_pixels_give_finite_gradients(variant):
+    """Under fp16 autocast the features are float16 and ReLU leaves pixels at zero, where the terms of
+    the normalisation's gradient reach 1/eps = 1e6: computed in float16 they were inf at every loss
+    scale, so GradScaler skipped every step. In float32 they cancel (times a = 0) and what reaches the
+    float16 features is finite (here at scale 1; GradScaler lowers its scale until that holds)."""
+    torch.manual_seed(8)
+    s = torch.relu(torch.randn(2, 8, 4, 4)).half().requires_grad_()
+    s.data[:, :, 0, 0] = 0  # one all-zero pixel per image
+    t = {task: torch.relu(torch.randn(2, 8, 4, 4)).half() for task in ("segmentation", "depth")}
+    afd = AdaptiveFeatureDistillation(["segmentation", "depth"], ["x"], variant=variant)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = afd({"x": s}, {k: {"x": v} for k, v in t.items()})
+    out.total.backward()
+    assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
+    grads = [s.grad, afd.gates.grad, *(p.grad for p in afd.adaptor_parameters())]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 def test_switches_gates_off_adaptors_off_and_plain_fd():
     torch.manual_seed(3)
     s, t = torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2)
