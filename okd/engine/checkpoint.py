@@ -52,12 +52,14 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states, wherever the checkpoint was loaded to: a resume on a GPU loads
+    with ``map_location=cuda``, which moves these byte tensors too, and the generators take CPU ones."""
     random.setstate(_tuples(state["python"]))
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, keys.cpu().numpy(), *rest))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _tuples(value):
