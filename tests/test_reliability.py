@@ -196,3 +196,98 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path)
     assert state["epoch"] in (1, 2)  # never a torn file: the old one, or (if the rename won) the new one
     if proc.returncode == -signal.SIGKILL and tmp.exists():
         assert state["epoch"] == 1
+
+
+# -- exact resume at every step boundary (issue 14, item 3) -------------------------------------
+FOUR_STEPS = ["dataset.train_size=16", "dataset.val_size=4", "dataset.test_size=4", "dataset.height=32",
+              "dataset.width=32", "trainer.batch_size=4", "trainer.progress=false", "logger=none",
+              "trainer.log_images=0", "trainer.epochs=3"]  # 4 steps per epoch
+
+
+def _signal_after(monkeypatch, calls: set[int], nan_calls: frozenset[int] = frozenset()) -> dict:
+    """Patch the training step: SIGUSR1 to this process after the given calls (1-based, counted
+    across runs until the counter is reset), an infinite depth loss in the ``nan_calls``."""
+    from okd.tasks import Depth
+
+    real_step, real_loss, counter = Trainer.training_step, Depth.loss, {"n": 0, "poison": False}
+
+    def step(self, images, targets):
+        counter["n"] += 1
+        counter["poison"] = counter["n"] in nan_calls
+        out = real_step(self, images, targets)
+        if counter["n"] in calls:
+            os.kill(os.getpid(), signal.SIGUSR1)  # the trainer's handler: save after this step, exit
+        return out
+
+    def loss(self, pred, target):
+        value = real_loss(self, pred, target)
+        return value * float("inf") if counter["poison"] and pred.requires_grad else value
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(Trainer, "training_step", step)
+    monkeypatch.setattr(Depth, "loss", loss)
+    return counter
+
+
+def _results(run_dir: Path) -> tuple[list[dict], dict]:
+    """metrics.jsonl rows without wall times, and the summary's numbers."""
+    rows = [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "epoch_time_s")}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return rows, {k: summary.get(k) for k in ("final", "best", "selection", "delta", "skipped_steps")}
+
+
+def _cut_and_resume(tmp_path: Path, monkeypatch, args: list[str], name: str, signal_call: int,
+                    nan_calls: frozenset[int] = frozenset()) -> dict:
+    counter = _signal_after(monkeypatch, {signal_call}, nan_calls)
+    with pytest.raises(SystemExit) as stop:
+        run(compose_cfg(args), tmp_path / name)
+    assert stop.value.code == 128 + signal.SIGUSR1
+    state = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
+    assert counter["n"] == signal_call  # the run stopped right after the signalled step
+    run(compose_cfg([*args, "trainer.resume=true"]), tmp_path / name)
+    return state
+
+
+@pytest.mark.parametrize("weighting", ["ew", "dwa"])
+def test_signal_at_every_step_boundary_resumes_exactly(tmp_path, monkeypatch, weighting):
+    """SIGUSR1 after step 1, 2, 3 and 4 (the last) of epoch 1: every resume ends as the uninterrupted
+    run, row by row. DWA: epoch 2's weights depend on epoch 1's mean losses; EW: epoch 1 is the last."""
+    epochs = 3 if weighting == "dwa" else 2
+    args = [*FOUR_STEPS, f"weighting={weighting}", f"trainer.epochs={epochs}"]
+    counter = _signal_after(monkeypatch, set())
+    run(compose_cfg(args), tmp_path / "full")
+    assert counter["n"] == 4 * epochs
+    full = _results(tmp_path / "full")
+    for step in (1, 2, 3, 4):
+        state = _cut_and_resume(tmp_path, monkeypatch, args, f"cut{step}", 4 + step)
+        assert state["in_epoch"]["epoch"] == 1 and state["in_epoch"]["step"] == step
+        assert _results(tmp_path / f"cut{step}") == full, f"signal after step {step} of epoch 1"
+    if weighting == "ew":
+        assert all(r["weight/depth"] == 1.0 for r in full[0] if r["split"] == "train")
+
+
+def test_nan_skip_counts_survive_a_mid_epoch_resume(tmp_path, monkeypatch):
+    """Steps skipped before the signal (this epoch and earlier ones) still count after the resume:
+    the epoch means divide by the steps actually taken."""
+    args = [*FOUR_STEPS, "trainer.nan_policy=skip"]
+    nan = frozenset({2, 6})  # epoch 0 step 1, epoch 1 step 1
+    _signal_after(monkeypatch, set(), nan)
+    run(compose_cfg(args), tmp_path / "full")
+    full = _results(tmp_path / "full")
+    train = [r for r in full[0] if r["split"] == "train"]
+    assert [r["weight/depth"] for r in train] == [1.0, 1.0, 1.0]  # EW: the mean of ones
+    assert [r["skipped_steps"] for r in train] == [1, 1, 0] and full[1]["skipped_steps"] == 2
+    _cut_and_resume(tmp_path, monkeypatch, args, "cut", 7, nan)  # epoch 1 after step 3
+    assert _results(tmp_path / "cut") == full
+
+
+def test_okd_resumes_exactly_from_the_middle_of_the_first_epoch(tmp_path, monkeypatch):
+    """The teachers' warm-up is not repeated, and the epoch's teacher losses (OTW's reference, hence
+    the student's weights of the next epoch) and AFD terms include the steps before the signal."""
+    args = [*FOUR_STEPS, "trainer.epochs=2", "kd=okd", "kd.warmup_epochs=1", "weighting=otw", "backbone.width=0.0625"]
+    _signal_after(monkeypatch, set())
+    run(compose_cfg(args), tmp_path / "full")
+    state = _cut_and_resume(tmp_path, monkeypatch, args, "cut", 2)
+    assert state["in_epoch"] == {**state["in_epoch"], "epoch": 0, "step": 2}
+    assert _results(tmp_path / "cut") == _results(tmp_path / "full")

@@ -158,11 +158,12 @@ class Trainer:
         self.setup(ctx)
         start_epoch, self.best, wandb_id = 0, None, None
         last = self.checkpoint_dir / "last.pt"
-        if self.resume is True or (self.resume == "auto" and last.is_file()):
+        resumed = self.resume is True or (self.resume == "auto" and last.is_file())
+        if resumed:
             start_epoch, wandb_id = self._restore()
         ctx.logger.start(Path(ctx.run_dir), ctx.config, resume_id=wandb_id)
         self._announce(start_epoch)
-        if start_epoch == 0:
+        if not resumed:  # a resume in epoch 0 has warmed up already: its teachers are in the checkpoint
             ctx.distiller.warmup(self.train_loader)  # e.g. OKD's teachers train alone first
         started = time.perf_counter()
         epoch_times: list[float] = []
@@ -304,7 +305,7 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> float:
         ctx = self.ctx
         t0 = time.perf_counter()
-        train_losses, train_weights = self._train_epoch(epoch, self._in_epoch)
+        train_losses, train_weights, skipped = self._train_epoch(epoch, self._in_epoch)
         self._in_epoch = None
         ctx.weighting.on_epoch_end(epoch, train_losses, ctx.distiller.reference_losses())
         kd_logs = ctx.distiller.on_epoch_end(epoch)
@@ -332,6 +333,8 @@ class Trainer:
         train_row.update(kd_logs)
         train_row.update(ctx.weighting.epoch_logs())
         train_row["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.nan_policy == "skip":
+            train_row["skipped_steps"] = skipped
         rows = {"train": train_row}
         for split, loader in self.eval_loaders.items():
             rows[split] = {**self.evaluate(loader, split), **ctx.distiller.evaluate(loader)}
@@ -354,44 +357,51 @@ class Trainer:
             print(format_epoch_table(epoch, _console_rows(rows), epoch_time), file=log_stream, flush=True)
         return epoch_time
 
-    def _train_epoch(self, epoch: int, carry: dict | None = None) -> tuple[Tensor, Tensor]:
-        """One pass over the training split; ``carry`` continues an epoch interrupted mid-way."""
+    def _train_epoch(self, epoch: int, carry: dict | None = None) -> tuple[Tensor, Tensor, int]:
+        """One pass over the training split; ``carry`` continues an epoch interrupted mid-way (it may
+        have no batch left: a signal after the last step saves before the epoch's end).
+
+        Returns the epoch-mean task losses and weights over the steps taken, and how many steps
+        ``nan_policy=skip`` dropped in this epoch."""
         ctx, model = self.ctx, self.ctx.model
         model.train()
         ctx.distiller.train()
         k = len(ctx.tasks)
         if carry is None:
             carry = {"step": 0, "loss_sum": torch.zeros(k), "weight_sum": torch.zeros(k),
-                     "first_bad": torch.full((k,), -1, dtype=torch.long)}
+                     "first_bad": torch.full((k,), -1, dtype=torch.long), "skipped": 0}
         loss_sum = carry["loss_sum"].to(self.device)
         weight_sum = carry["weight_sum"].to(self.device)
         first_bad = carry["first_bad"].to(self.device)  # first non-finite step per task, on the device
         start = carry["step"]
+        skipped = int(carry.get("skipped", 0))  # steps of this epoch dropped by nan_policy=skip
         self.train_sampler.set_epoch(epoch, start * self.batch_size)  # data order = f(seed, epoch)
         # worker seeds (augmentation) = f(seed, epoch) too; persistent workers keep theirs across epochs
         self.train_loader.generator.manual_seed(ctx.seed * 100_003 + epoch)
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not (self.progress and self.is_main),
                    file=log_stream, dynamic_ncols=True, initial=start,
                    total=start + len(self.train_loader))
-        step = start
+        done = start  # steps of this epoch taken so far (including dropped ones)
         for step, batch in enumerate(bar, start=start):
             images, targets = self._to_device(batch)
             detached, weights = self.training_step(images, targets)
             bad = ~torch.isfinite(detached)
             first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
-            if self.nan_policy == "skip" and self._skipped_last:
-                continue
-            loss_sum += torch.where(bad, 0.0, detached)
-            weight_sum += weights
             done = step + 1
+            if self.nan_policy == "skip" and self._skipped_last:
+                skipped += 1  # a dropped step adds nothing to the means (but may still be signalled)
+            else:
+                loss_sum += torch.where(bad, 0.0, detached)
+                weight_sum += weights
             signalled = self._signal is not None and self.world_size == 1
             if done % self.log_every_n_steps == 0:  # one host sync per interval
                 self._check_finite(first_bad, epoch)
-                if self.progress and self.is_main:
-                    bar.set_postfix(loss=f"{float(loss_sum.sum() / (done - self.skipped_steps)):.4g}")
+                if self.progress and self.is_main and done > skipped:
+                    bar.set_postfix(loss=f"{float(loss_sum.sum() / (done - skipped)):.4g}")
                 if self.world_size > 1:  # processes agree on a signal here, so all stop at one step
                     signalled = bool(self._agreed_signal())
-            state = {"step": done, "loss_sum": loss_sum, "weight_sum": weight_sum, "first_bad": first_bad}
+            state = {"step": done, "loss_sum": loss_sum, "weight_sum": weight_sum, "first_bad": first_bad,
+                     "skipped": skipped}
             if signalled or (self.checkpoint_every_n_steps and done % self.checkpoint_every_n_steps == 0
                              and done < len(self.train_loader) + start):
                 self._check_finite(first_bad, epoch)
@@ -399,11 +409,11 @@ class Trainer:
                 if signalled:
                     raise Preempted(self._signal, epoch, done)
         self._check_finite(first_bad, epoch)
-        steps = step + 1 - self.skipped_steps
+        steps = done - skipped
         if steps <= 0:
             raise RuntimeError("the training split yielded no usable batch (batch_size larger than the split "
                                "with drop_last=true, or every step skipped as non-finite)")
-        return loss_sum / steps, weight_sum / steps
+        return loss_sum / steps, weight_sum / steps, skipped
 
     def _log_panels(self, epoch: int) -> None:
         """A few fixed samples of the report split as prediction panels (comparable across runs)."""
@@ -624,6 +634,7 @@ class Trainer:
             "distiller": ctx.distiller.checkpoint_state(),
             "rng": rng_state(),
             "best": self.best,
+            "skipped_steps": self.skipped_steps,  # nan_policy=skip: steps dropped so far in the run
             "wandb_id": ctx.logger.run_id,
             "tasks": [t.name for t in ctx.tasks],
             "num_classes": ctx.data.num_classes,
@@ -659,6 +670,7 @@ class Trainer:
         self.ctx.distiller.load_checkpoint_state(state["distiller"])
         set_rng_state(state["rng"])
         self.best = state["best"]
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.recorder.truncate_after(state["epoch"])
         self._in_epoch = state.get("in_epoch")
         if not self.is_main:
@@ -753,6 +765,7 @@ class Trainer:
             "report_split": ctx.data.report_split,
             "final": {s: dict(r) for s, r in last.items()},
             "best": self.best,
+            "skipped_steps": self.skipped_steps,
             "selection": selections,
             "delta": delta,
             "time_s": seconds,

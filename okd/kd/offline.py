@@ -162,7 +162,9 @@ class OfflineDistillation(Distiller):
     def checkpoint_state(self) -> dict:
         return {"module": self.state_dict(), "afd_layout": self.afd.layout() if self.afd else None,
                 "adaptor_optimizer": self.adaptor_optimizer.state_dict() if self.adaptor_optimizer else None,
-                "teachers": {k: str(v) for k, v in self.teacher_paths.items()}}
+                "teachers": {k: str(v) for k, v in self.teacher_paths.items()},
+                # the running sums of the current epoch: a mid-epoch checkpoint resumes with them
+                "epoch_sums": {"sum": None if self._sum is None else self._sum.detach().cpu(), "steps": self._steps}}
 
     def load_checkpoint_state(self, state: dict) -> None:
         if state.get("afd_layout") is not None and not self.afd.built:
@@ -171,4 +173,6 @@ class OfflineDistillation(Distiller):
         if state.get("adaptor_optimizer") is not None:
             self.adaptor_optimizer = self.adaptor_optimizer_factory(self.afd.adaptor_parameters())
             self.adaptor_optimizer.load_state_dict(state["adaptor_optimizer"])
-        self._sum, self._steps = None, 0
+        sums = state.get("epoch_sums") or {"sum": None, "steps": 0}  # absent in older checkpoints
+        self._sum = None if sums["sum"] is None else sums["sum"].to(self.device)
+        self._steps = int(sums["steps"])

@@ -327,7 +327,16 @@ class OnlineDistillation(Distiller):
             "afd_layout": self.afd.layout() if self.afd is not None else None,
             "teacher_optimizers": {name: opt.state_dict() for name, opt in self.teacher_optimizers.items()},
             "adaptor_optimizer": self.adaptor_optimizer.state_dict() if self.adaptor_optimizer else None,
+            "epoch_sums": self._epoch_sums(),
         }
+
+    def _epoch_sums(self) -> dict:
+        """The running sums of the current epoch (zero right after an epoch's end). A checkpoint taken
+        mid-epoch (a signal, checkpoint_every_n_steps) resumes with them, so the epoch's teacher losses
+        (OTW's reference) and AFD terms are those of the whole epoch, not of its resumed part."""
+        return {"teacher_loss_sum": self._teacher_loss_sum.detach().cpu(), "steps": self._steps,
+                "afd_sum": None if self._afd_sum is None else self._afd_sum.detach().cpu(),
+                "warmup_log": dict(self._warmup_log)}
 
     def load_checkpoint_state(self, state: dict) -> None:
         layout = state.get("afd_layout")
@@ -344,6 +353,12 @@ class OnlineDistillation(Distiller):
         if state.get("adaptor_optimizer") is not None:
             self.adaptor_optimizer.load_state_dict(state["adaptor_optimizer"])
         self._reset_epoch()
+        sums = state.get("epoch_sums")
+        if sums is not None:  # absent in checkpoints written before they were saved
+            self._teacher_loss_sum = sums["teacher_loss_sum"].to(self.device)
+            self._afd_sum = None if sums["afd_sum"] is None else sums["afd_sum"].to(self.device)
+            self._steps = int(sums["steps"])
+            self._warmup_log = dict(sums["warmup_log"])
         self.train(self.training)
 
 
