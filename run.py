@@ -20,11 +20,14 @@ import okd.config  # noqa: F401  (registers the resolvers conf/ uses)
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from okd.app import run  # imported after Hydra has parsed the command line: --help stays fast
+    from okd.errors import OkdError
 
     runtime = HydraConfig.get().runtime
     try:
         summary = run(cfg, Path(runtime.output_dir), dict(runtime.choices), list(HydraConfig.get().overrides.task))
-    except (ValueError, OSError, TypeError, FloatingPointError) as err:
+    # Bad input (okd.errors), and okd's own checks (ValueError, OSError, a non-finite loss), as one line;
+    # anything else is a bug and keeps its traceback.
+    except (OkdError, ValueError, OSError, FloatingPointError) as err:
         print(f"okd: error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # in a sweep, fail this job only: the launcher/sweeper records it and goes on

@@ -22,7 +22,8 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     seed_everything(int(cfg.seed))  # model initialisation is part of what the seed fixes
     data = _instantiate(cfg.dataset, "dataset")
     if not isinstance(data, DataBundle):
-        raise TypeError(f"dataset config must build an okd.data.base.DataBundle, got {type(data).__name__}")
+        raise ConfigError(f"dataset: the config must build an okd.data.base.DataBundle, got {type(data).__name__} "
+                          f"(check its _target_)")
     tasks = build_tasks(data.tasks, data.num_classes)
     model = _instantiate(cfg.backbone, "backbone", tasks=tasks)
     weighting = _instantiate(cfg.weighting, "weighting")

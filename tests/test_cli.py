@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +86,98 @@ def test_predict_needs_only_the_checkpoint_and_the_input(tmp_path):
         assert npz["depth"].shape == (32, 32)
     proc = okd(tmp_path, "mode=eval", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert "training-time metrics of this checkpoint: identical" in proc.stdout
+
+
+# -- README "Bad input": every row ends as `okd: error: ...`, exit status 2, no traceback ---------
+TRAIN = [*TINY, "logger=none", "trainer.epochs=1", "backbone.width=0.0625"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One finished tiny run (trained in-process: faster); its checkpoints feed the cases below."""
+    from okd.app import run
+    from test_config import compose_cfg
+
+    out = tmp_path_factory.mktemp("trained")
+    run(compose_cfg(TRAIN), out)
+    return out
+
+
+def _truncated(trained: Path, tmp: Path, name: str) -> Path:
+    """A copy of the trained run whose checkpoint ``name`` lost its end (a kill during a copy)."""
+    copy = tmp / "copy"
+    shutil.copytree(trained, copy)
+    ckpt = copy / "checkpoints" / name
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    return copy
+
+
+def _image(tmp: Path, name: str, data: bytes) -> Path:
+    (tmp / name).write_bytes(data)
+    return tmp / name
+
+
+BAD_INPUT_CLI = {  # case: (arguments given the trained run dir and a scratch dir, expected message)
+    "truncated last.pt on resume": (
+        lambda t, tmp: [*TRAIN, "trainer.resume=true", f"hydra.run.dir={_truncated(t, tmp, 'last.pt')}"],
+        r"could not load checkpoint \S+last\.pt: .*expected a checkpoint written by okd"),
+    "truncated checkpoint, mode=eval": (
+        lambda t, tmp: ["mode=eval", f"ckpt={_truncated(t, tmp, 'best.pt') / 'checkpoints' / 'best.pt'}"],
+        r"could not load checkpoint \S+best\.pt"),
+    "truncated checkpoint, mode=predict": (
+        lambda t, tmp: ["mode=predict", f"ckpt={_truncated(t, tmp, 'best.pt') / 'checkpoints' / 'best.pt'}",
+                        "input=split:test:1"],
+        r"could not load checkpoint \S+best\.pt"),
+    "missing checkpoint, mode=eval": (
+        lambda t, tmp: ["mode=eval", f"ckpt={tmp / 'nope.pt'}"], r"checkpoint not found: \S+nope\.pt"),
+    "resume without a checkpoint": (
+        lambda t, tmp: [*TRAIN, "trainer.resume=true", f"hydra.run.dir={tmp / 'empty'}"],
+        r"no checkpoint at \S+last\.pt; point the run at the run directory"),
+    "checkpoint of another model": (
+        lambda t, tmp: ["mode=eval", f"ckpt={t / 'checkpoints' / 'best.pt'}", "backbone.width=0.125"],
+        r"checkpoint \S+best\.pt does not match the model built from this config:"),
+    "mode=eval without ckpt": (lambda t, tmp: ["mode=eval"], r"this mode needs a checkpoint: add ckpt="),
+    "mode=nope": (lambda t, tmp: ["mode=nope"], r"mode='nope': expected one of \['train', 'eval', 'predict'\]"),
+    "unreadable image in mode=predict": (
+        lambda t, tmp: ["mode=predict", f"ckpt={t / 'checkpoints' / 'best.pt'}",
+                        f"input={_image(tmp, 'broken.png', b'not a png')}"],
+        r"cannot read image \S+broken\.png: .*expected a PNG/JPEG"),
+    "batch size 0": (lambda t, tmp: [*TRAIN, "trainer.batch_size=0"],
+                     r"trainer.batch_size must be a positive integer, got 0"),
+    "epochs abc": (lambda t, tmp: [*TRAIN, "trainer.epochs=abc"], r"trainer.epochs must be a positive integer"),
+    "negative learning rate": (lambda t, tmp: [*TRAIN, "trainer.optimizer.lr=-0.1"],
+                               r"trainer.optimizer/scheduler: Invalid learning rate: -0.1"),
+    "DWA temperature 0": (lambda t, tmp: [*TRAIN, "weighting=dwa", "weighting.temperature=0"],
+                          r"temperature must be a finite number > 0, got 0"),
+    "unknown task": (lambda t, tmp: [*TRAIN, "dataset.tasks=[depth,edges]"], r"unknown task\(s\) \['edges'\]"),
+    "OTW without teachers": (lambda t, tmp: [*TRAIN, "weighting=otw"], r"needs teacher losses, but kd=none"),
+    "monitor naming nothing": (lambda t, tmp: [*TRAIN, "trainer.monitor=depth/nope"],
+                               r"trainer.monitor='depth/nope' is not a metric of these tasks; use 'loss' or one of"),
+    "eval split naming nothing": (lambda t, tmp: [*TRAIN, "trainer.eval_splits=[nope]"],
+                                  r"trainer.eval_splits: 'nope' is not a split of dataset 'synthetic' \(available"),
+    "unknown device": (lambda t, tmp: [*TRAIN, "trainer.device=tpu0"], r"trainer.device='tpu0'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT_CLI))
+def test_bad_input_is_one_line_and_status_2(tmp_path, trained, case):
+    make_args, message = BAD_INPUT_CLI[case]
+    proc = okd(tmp_path, *make_args(trained, tmp_path), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("okd: error: ")]
+    assert len(errors) == 1 and re.search(message, errors[0]), proc.stderr
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    """Only bad input becomes one line: an exception from a bug (here a TypeError raised inside the
+    trainer) still shows where it happened."""
+    hook = tmp_path / "sitecustomize.py"
+    hook.write_text("import okd.engine.trainer as t\n"
+                    "def broken(self, ctx):\n    raise TypeError('a bug')\n"
+                    "t.Trainer.setup = broken\n")
+    env_path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    proc = subprocess.run([sys.executable, RUN, *TRAIN, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": env_path, "WANDB_MODE": "offline"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "TypeError: a bug" in proc.stderr and "okd: error" not in proc.stderr

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from okd.errors import CheckpointError
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write to a temp file, fsync, then rename over ``path``: a kill mid-save leaves the old file."""
@@ -35,7 +37,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated/foreign files
-        raise RuntimeError(f"could not load checkpoint {path}: {err}") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"could not load checkpoint {path}: {reason} (truncated or not a checkpoint? "
+                              f"expected a checkpoint written by okd, e.g. <run dir>/checkpoints/last.pt)") from err
 
 
 def rng_state() -> dict[str, Any]:

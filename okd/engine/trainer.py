@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from okd import distributed
 from okd.data.base import DataBundle
+from okd.errors import OkdError
 from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
@@ -42,7 +43,11 @@ def select_device(device: str) -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; anything else is passed to torch.device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:  # torch's own message lists every device type it knows
+        raise ValueError(f"trainer.device={device!r} is not a device: expected auto, cpu, cuda or cuda:<index> "
+                         f"({str(err).splitlines()[0]})") from err
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"trainer.device={device!r} but no CUDA device is available; use auto or cpu")
     return chosen
@@ -411,8 +416,8 @@ class Trainer:
         self._check_finite(first_bad, epoch)
         steps = done - skipped
         if steps <= 0:
-            raise RuntimeError("the training split yielded no usable batch (batch_size larger than the split "
-                               "with drop_last=true, or every step skipped as non-finite)")
+            raise OkdError(f"epoch {epoch}: the training split yielded no usable batch (trainer.batch_size larger "
+                           f"than the split with trainer.drop_last=true, or every step skipped as non-finite)")
         return loss_sum / steps, weight_sum / steps, skipped
 
     def _log_panels(self, epoch: int) -> None:
