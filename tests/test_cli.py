@@ -181,3 +181,20 @@ def test_a_bug_keeps_its_traceback(tmp_path):
                           env={**os.environ, "PYTHONPATH": env_path, "WANDB_MODE": "offline"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "TypeError: a bug" in proc.stderr and "okd: error" not in proc.stderr
+
+
+def test_eval_reports_a_float_rounding_difference_as_equal_within_tolerance(tmp_path, trained):
+    """Metrics recomputed on another machine (thread count, GPU) differ in the last float bits: that
+    is 'equal within rel 1e-05', with the largest difference named, on the console and in eval.json."""
+    import torch
+
+    state = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
+    state["metrics"]["test"]["depth/abs_err"] *= 1 + 1e-7  # as if recorded by another machine
+    ckpt = tmp_path / "other_machine.pt"
+    torch.save(state, ckpt)
+    proc = okd(tmp_path, "mode=eval", f"ckpt={ckpt}", "eval_split=test", f"hydra.run.dir={tmp_path / 'eval'}")
+    line = next(l for l in proc.stdout.splitlines() if "training-time metrics of this checkpoint" in l)
+    assert "equal within rel 1e-05 / abs 1e-08 (largest difference: depth/abs_err" in line, proc.stdout
+    written = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert written["matches_training_time_metrics"]["test"].startswith("equal within rel 1e-05")
+    assert written["comparison_tolerance"] == {"rel": 1e-5, "abs": 1e-8}

@@ -243,3 +243,20 @@ def test_single_task_runs_of_the_same_sweep_become_the_base(tmp_path):
     summary = run(compose_cfg([*TINY, "trainer.epochs=1", "dataset.tasks=[segmentation,depth]"]), sweep / "3",
                   choices={"backbone": "segnet"})
     assert summary["delta"]["base"] is None
+
+
+def test_metric_comparison_identical_within_tolerance_or_different():
+    from okd.engine.evaluate import compare_metrics
+
+    then = {"depth/abs_err": 0.5, "segmentation/miou": 40.0, "normal/within_11.25": 0.0, "x": float("nan")}
+    assert compare_metrics(dict(then), then) == "identical"
+    close = {**then, "depth/abs_err": 0.5 * (1 + 2e-7), "segmentation/miou": 40.0 * (1 - 5e-6),
+             "normal/within_11.25": 1e-9}
+    assert compare_metrics(close, then) == (
+        "equal within rel 1e-05 / abs 1e-08 (largest difference: segmentation/miou 40.0 at training time, "
+        f"{40.0 * (1 - 5e-6)!r} now)")
+    far = {**close, "depth/abs_err": 0.5001}
+    assert compare_metrics(far, then) == ("differ beyond rel 1e-05 / abs 1e-08 (largest: depth/abs_err 0.5 at "
+                                          "training time, 0.5001 now)")
+    assert compare_metrics({**then, "x": 1.0}, then).startswith("differ beyond rel 1e-05 / abs 1e-08 (largest: x nan")
+    assert compare_metrics(then, None) == "not recorded in the checkpoint"

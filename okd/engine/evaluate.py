@@ -39,9 +39,9 @@ def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spl
     results = {s: trainer.evaluate(trainer._loader(ctx.data.eval_splits[s], trainer.eval_batch_size, False), s)
                for s in splits}
     recorded = state.get("metrics") or {}
-    comparison = {s: _compare(results[s], recorded.get(s)) for s in splits}
+    comparison = {s: compare_metrics(results[s], recorded.get(s)) for s in splits}
     out = {"checkpoint": str(path), "epoch": state.get("epoch"), "metrics": results,
-           "matches_training_time_metrics": comparison}
+           "matches_training_time_metrics": comparison, "comparison_tolerance": {"rel": REL_TOL, "abs": ABS_TOL}}
     if not distributed.is_main():
         return out  # under torchrun every process evaluated a shard; rank 0 reports the split
     atomic_write_text(Path(ctx.run_dir) / "eval.json", json.dumps(out, indent=2) + "\n")
@@ -53,16 +53,43 @@ def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spl
     return out
 
 
-def _compare(now: dict[str, float], then: dict[str, float] | None) -> str:
+#: When recomputed metrics count as the recorded ones. Another thread count, machine or GPU kernel sums
+#: the same float32 values in another order: the results differ by a few float32 ulps (eps 1.2e-7),
+#: relative. rel 1e-5 (about 100 ulps) covers that, and is far below what another model, split or
+#: metric definition changes; abs 1e-8 covers values at zero (a "within" percentage of 0).
+#: TF32 convolutions on recent GPUs or an argmax flipped by rounding can exceed it: then "differ"
+#: names the metric, and the size of the difference says which it is.
+REL_TOL, ABS_TOL = 1e-5, 1e-8
+
+
+def compare_metrics(now: dict[str, float], then: dict[str, float] | None,
+                    rel: float = REL_TOL, abs_: float = ABS_TOL) -> str:
+    """``identical``, ``equal within rel .. / abs ..`` or ``differ beyond ...``, naming the metric
+    furthest from its recorded value (relative to what the tolerance allows)."""
     if not then:
         return "not recorded in the checkpoint"
     keys = [k for k in now if k in then]
-    same = all(now[k] == then[k] or (isinstance(now[k], float) and math.isnan(now[k]) and math.isnan(then[k]))
-               for k in keys)
-    if same:
+    if all(now[k] == then[k] or (_nan(now[k]) and _nan(then[k])) for k in keys):
         return "identical"
-    worst = max(keys, key=lambda k: abs(now[k] - then[k]))
-    return f"differ (largest: {worst} {then[worst]} at training time, {now[worst]} now)"
+    tolerance = f"rel {rel:g} / abs {abs_:g}"
+    worst = max(keys, key=lambda k: _excess(now[k], then[k], rel, abs_))
+    where = f"{worst} {then[worst]!r} at training time, {now[worst]!r} now"
+    if _excess(now[worst], then[worst], rel, abs_) <= 1:
+        return f"equal within {tolerance} (largest difference: {where})"
+    return f"differ beyond {tolerance} (largest: {where})"
+
+
+def _nan(value: float) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _excess(a: float, b: float, rel: float, abs_: float) -> float:
+    """|a - b| in units of the allowed difference (math.isclose's rule): <= 1 is within tolerance."""
+    if a == b or (_nan(a) and _nan(b)):
+        return 0.0
+    if _nan(a) or _nan(b):
+        return math.inf
+    return abs(a - b) / max(rel * max(abs(a), abs(b)), abs_)
 
 
 def predict_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spec: str | None) -> list[Path]:
