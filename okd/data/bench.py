@@ -52,10 +52,11 @@ def segnet_train_flops(height: int, width: int, tasks: Sequence[str] = ("segment
     return float(counter.get_total_flops())
 
 
-def loader_throughput(dataset, batch_size: int, workers: int, epochs: int) -> float:
-    """Samples/s of iterating ``dataset`` over ``epochs`` epochs after one warm-up epoch."""
+def loader_throughput(dataset, batch_size: int, workers: int, epochs: int, pin_memory: bool = False) -> float:
+    """Samples/s of iterating ``dataset`` over ``epochs`` epochs after one warm-up epoch
+    (``pin_memory``: as the trainer's loaders on CUDA, batches copied to page-locked memory)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        persistent_workers=workers > 0, drop_last=True,
+                        persistent_workers=workers > 0, drop_last=True, pin_memory=pin_memory,
                         generator=torch.Generator().manual_seed(0))
     for _ in loader:  # warm-up: worker start-up and page cache
         pass
