@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 log_stream = sys.stderr
+#: the console: Hydra's job logging sends it to the terminal and to the run directory's run.log
+console = logging.getLogger("okd")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -177,26 +180,40 @@ class WandbLogger(Logger):
         self._description = self._describe_run()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        if self._run is not None:
-            self._run.log(dict(metrics), step=step)
+        self._guarded("log", lambda run: run.log(dict(metrics), step=step))
 
     accepts_images = True
 
     def log_images(self, images: Mapping[str, Any], step: int) -> None:
-        if self._run is not None and self.mode != "disabled":
-            import wandb
+        if self.mode == "disabled":
+            return
+        import wandb
 
-            self._run.log({k: wandb.Image(v) for k, v in images.items()}, step=step)
+        self._guarded("log_images", lambda run: run.log({k: wandb.Image(v) for k, v in images.items()}, step=step))
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        if self._run is not None:
-            for k, v in values.items():
-                self._run.summary[k] = v
+        self._guarded("summary", lambda run: run.summary.update(dict(values)))
 
     def finish(self, exit_code: int = 0) -> None:
-        if self._run is not None:
-            self._run.finish(exit_code=exit_code)
+        self._guarded("finish", lambda run: run.finish(exit_code=exit_code))
+        self._run = None
+
+    def _guarded(self, what: str, call) -> None:
+        """Run ``call(run)``; if the tracker fails, say so once and carry on without it.
+
+        SLURM signals every process of a job, W&B's own service process included: after a preemption or
+        a requeue that process may be gone, and its errors (ConnectionResetError, HandleAbandonedError)
+        must neither replace the run's exit status nor stop the checkpoint and result files, which hold
+        every number. The resumed job continues the same W&B run (by id).
+        """
+        if self._run is None:
+            return
+        try:
+            call(self._run)
+        except Exception as err:  # noqa: BLE001  (any tracker failure, whatever its type)
             self._run = None
+            console.warning(f"okd: warning: W&B stopped working ({what}: {type(err).__name__}: {err}); the run goes "
+                            f"on without it: metrics.jsonl, summary.json and the checkpoints keep every number")
 
     @property
     def run_id(self) -> str | None:

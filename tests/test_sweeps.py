@@ -209,7 +209,7 @@ def test_launcher_presets_compose(monkeypatch):
 def test_slurm_script_requeues_on_the_signal_the_trainer_saves_on(tmp_path, monkeypatch):
     """The sbatch script submitit writes from okd_slurm: --signal=USR1@..., --requeue, one GPU; the
     trainer saves last.pt and requeues on that signal (okd/engine/trainer.py)."""
-    from okd.engine.trainer import PREEMPTION_SIGNALS
+    from okd.engine.preemption import SIGNALS as PREEMPTION_SIGNALS
 
     submitit = pytest.importorskip("submitit")
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf

@@ -8,10 +8,6 @@ epoch (and every ``log_every_n_steps`` for the progress bar).
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +22,8 @@ from tqdm.auto import tqdm
 from okd import distributed
 from okd.data.base import DataBundle
 from okd.errors import OkdError
+from okd.engine import preemption
+from okd.engine.preemption import Preempted
 from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
@@ -173,7 +171,7 @@ class Trainer:
         started = time.perf_counter()
         epoch_times: list[float] = []
         exit_code = 1
-        previous_handlers = _install_signal_handlers(self._on_signal)
+        previous_handlers = preemption.install_handlers(self._on_signal)
         try:
             for epoch in range(start_epoch, self.epochs):
                 epoch_times.append(self._run_epoch(epoch))
@@ -185,10 +183,13 @@ class Trainer:
             ctx.logger.summary(_flat_summary(summary))
             exit_code = 0
         except Preempted as stop:
-            exit_code = 128 + stop.signum
-            self._handle_preemption(stop)
+            exit_code = stop.exit_code
+            # the tracker first: a requeue makes SLURM end this job, the tracker's process included, at once
+            ctx.logger.finish(exit_code)
+            if self.is_main:
+                preemption.after_save(stop, self.checkpoint_dir / "last.pt", self.requeue)
         finally:
-            _restore_signal_handlers(previous_handlers)
+            preemption.restore_handlers(previous_handlers)
             ctx.logger.finish(exit_code)
         if exit_code != 0:
             raise SystemExit(exit_code)
@@ -205,19 +206,6 @@ class Trainer:
         if signum:
             self._signal = signum
         return signum
-
-    def _handle_preemption(self, stop: "Preempted") -> None:
-        if not self.is_main:
-            return
-        name = signal.Signals(stop.signum).name
-        print(f"okd: {name} received: saved {self.checkpoint_dir / 'last.pt'} at epoch {stop.epoch}, step "
-              f"{stop.step}; resume with trainer.resume=true (or auto) in this run dir", file=log_stream, flush=True)
-        job = os.environ.get("SLURM_JOB_ID")
-        if self.requeue and job and stop.signum == signal.SIGUSR1:
-            # As Lightning's SLURM plugin does: put the same job back in the queue; it resumes from last.pt.
-            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-            print(f"okd: scontrol requeue {job}: {'ok' if result.returncode == 0 else result.stderr.strip()}",
-                  file=log_stream, flush=True)
 
     def setup(self, ctx: RunContext) -> None:
         """Move to the device, bind weighting and distiller, build optimizer, scheduler and loaders."""
@@ -802,28 +790,6 @@ def _scaler_found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optim
     the flags GradScaler.step reads on the host to decide."""
     flags = scaler._per_optimizer_states[id(optimizer)].get("found_inf_per_device", {})
     return any(bool(v) for v in flags.values())
-
-
-class Preempted(Exception):
-    """Raised at the end of the step during which SIGTERM/SIGUSR1 arrived (after saving last.pt)."""
-
-    def __init__(self, signum: int, epoch: int, step: int) -> None:
-        super().__init__(f"signal {signum} in epoch {epoch} at step {step}")
-        self.signum, self.epoch, self.step = signum, epoch, step
-
-
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def _install_signal_handlers(handler) -> dict:
-    if threading.current_thread() is not threading.main_thread():
-        return {}  # signal handlers can only be set from the main thread
-    return {sig: signal.signal(sig, handler) for sig in PREEMPTION_SIGNALS}
-
-
-def _restore_signal_handlers(previous: dict) -> None:
-    for sig, old in previous.items():
-        signal.signal(sig, old)
 
 
 def _writable_dir(path: Path) -> Path:
