@@ -33,3 +33,4 @@ def register_resolvers() -> None:
 register_resolvers()
 
 import okd.launch  # noqa: E402,F401  (resolvers of conf/sweep/ and experiment=kdmtl_sweep)
+import okd.slurm  # noqa: E402,F401  (hydra/launcher=okd_slurm's schema)
