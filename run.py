@@ -6,6 +6,7 @@ directory is not changed.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -22,18 +23,28 @@ def main(cfg: DictConfig) -> float | None:
     from okd.app import run  # imported after Hydra has parsed the command line: --help stays fast
     from okd.errors import OkdError
 
+    logging.captureWarnings(True)  # warnings join the console and run.log
     runtime = HydraConfig.get().runtime
     try:
         summary = run(cfg, Path(runtime.output_dir), dict(runtime.choices), list(HydraConfig.get().overrides.task))
     # Bad input (okd.errors), and okd's own checks (ValueError, OSError, a non-finite loss), as one line;
     # anything else is a bug and keeps its traceback.
     except (OkdError, ValueError, OSError, FloatingPointError) as err:
-        print(f"okd: error: {err}", file=sys.stderr)
+        report_error(f"okd: error: {err}")
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # in a sweep, fail this job only: the launcher/sweeper records it and goes on
         raise SystemExit(2) from None
     best = summary.get("best") or {} if isinstance(summary, dict) else {}
     return best.get("value")  # what a Hydra sweeper (e.g. Optuna) optimises
+
+
+def report_error(message: str) -> None:
+    """One line on stderr, and in the run's run.log (Hydra's file handler) with the rest of the run."""
+    print(message, file=sys.stderr, flush=True)
+    record = logging.LogRecord("okd", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def join_torchrun_job() -> bool:
@@ -56,6 +67,18 @@ def join_torchrun_job() -> bool:
     return True
 
 
+def list_sweep_jobs() -> None:
+    """After ``-m`` (finished or not): one screen with every job of the sweep (okd.launch.sweep_summary)."""
+    from okd import launch
+
+    root = launch.sweep_dir()
+    if root is not None and root.is_dir():
+        try:
+            print(launch.sweep_summary(root), flush=True)
+        except Exception as err:  # noqa: BLE001  (the jobs' own results are written; this is a digest)
+            print(f"okd: could not summarise the sweep in {root}: {err}", file=sys.stderr)
+
+
 if __name__ == "__main__":
     if join_torchrun_job():
         from okd import distributed
@@ -65,4 +88,7 @@ if __name__ == "__main__":
         finally:
             distributed.shutdown()
     else:
-        main()
+        try:
+            main()
+        finally:
+            list_sweep_jobs()

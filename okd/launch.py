@@ -252,6 +252,95 @@ class ResumeOnRequeue(Callback):
 
 
 # ---------------------------------------------------------------------------------------------
+# The end of a sweep: one screen listing every job
+# ---------------------------------------------------------------------------------------------
+#: the sweep dir of this process's multirun (set by SweepSummary.on_multirun_start; run.py reads it)
+_SWEEP_DIR: Path | None = None
+JOB_STATUS = "job_status.json"
+
+
+class SweepSummary(Callback):
+    """Hydra callback of every run (conf/config.yaml): each job records how it ended in its folder
+    (``job_status.json``: COMPLETED, or FAILED with the error), and the launching process remembers the
+    sweep dir, so that ``run.py`` can list every job when the sweep ends (:func:`sweep_summary`), whatever
+    the launcher. A job that a signal stopped (preemption) records nothing: its checkpoint says it."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _SWEEP_DIR
+        _SWEEP_DIR = Path(str(config.hydra.sweep.dir))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        import json
+
+        if HydraConfig.get().mode.name != "MULTIRUN":
+            return
+        failed = job_return.status.name == "FAILED"
+        error = str(job_return._return_value).strip().splitlines()[0] if failed else None
+        status = {"status": job_return.status.name, "error": error}
+        out = Path(str(config.hydra.runtime.output_dir)) / JOB_STATUS
+        try:
+            out.write_text(json.dumps(status) + "\n")
+        except OSError as err:  # a full disk must not turn a finished job into a failed one
+            log.warning("okd.launch: could not write %s (%s)", out, err)
+
+
+def sweep_dir() -> Path | None:
+    """The sweep dir of the multirun this process launched, if any."""
+    return _SWEEP_DIR
+
+
+def sweep_summary(root: Path, selection: str = "best") -> str:
+    """One screen for a sweep: every job folder under ``root`` with its status, the headline metric
+    (``trainer.monitor`` at the selected epoch), Δm where a base is known, and its folder."""
+    import json
+
+    from okd import report
+
+    jobs = sorted((p.parent.parent for p in root.glob("**/.hydra/overrides.yaml")),
+                  key=lambda p: [int(t) if t.isdigit() else t for t in p.relative_to(root).parts])
+    runs = {job: report.load_run(job, selection)[0] for job in jobs if (job / "summary.json").is_file()}
+    bases = report.stl_bases([r for r in runs.values() if r is not None], f"in {root}")
+    lines, counts = [], {}
+    for job in jobs:
+        status, headline, delta = _job_status(job, runs.get(job)), "", ""
+        run = runs.get(job)
+        if run is not None:
+            best = run.summary.get("best") or {}
+            if best:
+                headline = f"{best['monitor']} {best['value']:.4g} ({best['split']}, epoch {best['epoch']})"
+            deltas, _ = report.run_deltas(run, selection, bases, forced=False)
+            delta = f"Δm {deltas['delta_m']:+.2f}%" if deltas else ""
+        counts[status.split(":")[0]] = counts.get(status.split(":")[0], 0) + 1
+        folder = str(job.relative_to(root))
+        overrides = [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")
+                     if not str(o).startswith(("trainer.resume=", "hydra"))]
+        label = folder if folder == job_subdir(",".join(overrides)) else f"{folder}  {' '.join(overrides)}"
+        lines.append(f"  {status:<9} {headline:<36} {delta:<12} {label}")
+        if status.startswith("failed"):
+            error = json.loads((job / JOB_STATUS).read_text()).get("error") or ""
+            lines.append(f"  {'':<9} {error[:160]}")
+    head = (f"sweep {root}: {len(jobs)} job(s), " + ", ".join(f"{n} {k}" for k, n in counts.items())
+            + f" (headline: trainer.monitor at the {selection} epoch; folders under {root})")
+    return "\n".join([head, *lines])
+
+
+def _job_status(job: Path, run: Any) -> str:
+    import json
+
+    if run is not None:
+        return "done"
+    try:
+        status = json.loads((job / JOB_STATUS).read_text())
+    except (OSError, ValueError):
+        status = {}
+    if status.get("status") == "FAILED":
+        return "failed"
+    if (job / "checkpoints" / "last.pt").is_file():
+        return "stopped"  # a signal ended it: resumable from last.pt
+    return "no result"
+
+
+# ---------------------------------------------------------------------------------------------
 # Resolvers
 # ---------------------------------------------------------------------------------------------
 def stl_runs(tasks: Sequence[str], key: str = "experiment", prefix: str = "stl_") -> dict[str, str]:

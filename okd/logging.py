@@ -13,6 +13,7 @@ import math
 import os
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -230,6 +231,36 @@ class WandbLogger(Logger):
         if self.mode == "disabled":
             return "W&B disabled"
         return f"W&B run {run.id}: {getattr(run, 'url', None) or run_dir}"
+
+
+class Progress:
+    """The progress of one epoch: a tqdm bar on a terminal; without one (a SLURM job, ``> log``), a plain
+    console line at most every ``every_s`` seconds, so that logs hold no carriage returns."""
+
+    def __init__(self, iterable: Any, desc: str, total: int, initial: int = 0, enabled: bool = True,
+                 every_s: float = 30.0) -> None:
+        from tqdm.auto import tqdm
+
+        self.desc, self.total, self.enabled, self.every_s = desc, total, enabled, every_s
+        self.interactive = enabled and log_stream.isatty()
+        self.bar = tqdm(iterable, desc=desc, leave=False, disable=not self.interactive, file=log_stream,
+                        dynamic_ncols=True, initial=initial, total=total)
+        self.started, self.initial = time.monotonic(), initial
+        self.last = self.started
+
+    def __iter__(self):
+        return iter(self.bar)
+
+    def update(self, step: int, loss: float) -> None:
+        """Called at the log interval with the running mean loss (already on the host)."""
+        if self.interactive:
+            self.bar.set_postfix(loss=f"{loss:.4g}")
+            return
+        now = time.monotonic()
+        if self.enabled and now - self.last >= self.every_s:
+            rate = (step - self.initial) / max(now - self.started, 1e-9)
+            console.info(f"{self.desc}: step {step}/{self.total}, loss {loss:.4g}, {rate:.2f} steps/s")
+            self.last = now
 
 
 ABBREVIATIONS = {"segmentation": "seg", "normal": "nrm", "weight": "w", "loss": "L", "within_": "<"}

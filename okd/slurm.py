@@ -96,8 +96,9 @@ try:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
 except ImportError:  # the `sweeps` extra is not installed: hydra/launcher=okd_slurm says so when composed
-    _SubmititSlurmLauncher = None
+    SUBMITIT = False
 else:
+    SUBMITIT = True
 
     @dataclass
     class OkdSlurmQueueConf(SlurmQueueConf):

@@ -38,7 +38,10 @@ def test_single_run_lands_in_dated_outputs_dir_with_wandb(tmp_path):
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["choices"]["weighting"] == "ew" and summary["epochs"] == 1
-    assert "results:" in proc.stderr and "W&B offline run" in proc.stderr  # tells where things are
+    assert "results:" in proc.stdout and "W&B offline run" in proc.stdout  # tells where things are
+    # the console goes to stdout (`> log` keeps it) and, with times, to the run's run.log
+    log = (run_dir / "run.log").read_text()
+    assert "epoch   0" in log and "results:" in log and "\r" not in log
 
 
 def test_multirun_lands_in_numbered_dirs(tmp_path):

@@ -116,8 +116,10 @@ def test_torchrun_run_logs_once(ddp_runs):
     keys = [(r["epoch"], r["split"]) for r in rows]
     assert sorted(keys) == sorted({(e, s) for e in (0, 1) for s in ("train", "val", "test")})  # no duplicates
     assert len(list((straight / "wandb").glob("offline-run-*"))) == 1
-    assert log.stderr.count("results: ") == 1 and "x 2 processes (DDP)" in log.stderr
-    assert log.stderr.count("okd warm-up epoch 1/1") == 1
+    # rank 0 alone speaks: on the console (stdout) and in run.log
+    assert log.stdout.count("results: ") == 1 and "x 2 processes (DDP)" in log.stdout
+    assert log.stdout.count("okd warm-up epoch 1/1") == 1
+    assert (straight / "run.log").read_text().count("results: ") == 1
     assert all(f"teacher/{t}/{m}" in rows[-1] for t, m in (("segmentation", "miou"), ("depth", "abs_err")))
     assert len(list(straight.glob("**/.hydra"))) == 1 and (straight / "summary.json").is_file()
 

@@ -62,9 +62,9 @@ def test_sigterm_saves_and_exits_for_requeue_then_resume_matches(tmp_path):
     while not list((tmp_path / "cut").glob("metrics.jsonl")) and time.time() < deadline:
         time.sleep(0.05)  # wait until epoch 0 is written: the signal lands in epoch 1 (of 3)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "SIGTERM received: saved" in err
+    assert "SIGTERM received: saved" in out
     state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
     assert state.get("in_epoch") is not None or state["epoch"] >= 0
     subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'cut'}",

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from okd import distributed
 from okd.engine.checkpoint import load_checkpoint
 from okd.engine.trainer import RunContext, Trainer
-from okd.logging import atomic_write_text, log_stream
+from okd.logging import atomic_write_text, console
 
 
 def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str, Any], Path]:
@@ -47,9 +46,9 @@ def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spl
     atomic_write_text(Path(ctx.run_dir) / "eval.json", json.dumps(out, indent=2) + "\n")
     for s in splits:
         cells = "  ".join(f"{k} {v:.4g}" for k, v in results[s].items())
-        print(f"eval {s} (epoch {state.get('epoch')}): {cells}", file=sys.stdout, flush=True)
-        print(f"  training-time metrics of this checkpoint: {comparison[s]}", file=sys.stdout, flush=True)
-    print(f"written: {Path(ctx.run_dir) / 'eval.json'}", file=log_stream, flush=True)
+        console.info(f"eval {s} (epoch {state.get('epoch')}): {cells}")
+        console.info(f"  training-time metrics of this checkpoint: {comparison[s]}")
+    console.info(f"written: {Path(ctx.run_dir) / 'eval.json'}")
     return out
 
 
@@ -107,5 +106,5 @@ def predict_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spec
     out_dir = Path(ctx.run_dir) / "predictions"
     written = write_predictions(ctx.model, ctx.tasks, inputs, out_dir, trainer.device,
                                 batch_size=trainer.eval_batch_size, class_names=ctx.data.info.get("class_names"))
-    print(f"predictions for {len(inputs)} input(s) written to {out_dir}", file=log_stream, flush=True)
+    console.info(f"predictions for {len(inputs)} input(s) written to {out_dir}")
     return written

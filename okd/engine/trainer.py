@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from okd import distributed
 from okd.data.base import DataBundle
@@ -27,7 +26,7 @@ from okd.engine.preemption import Preempted
 from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
-from okd.logging import Logger, MemoryRecorder, NullLogger, RunRecorder, format_epoch_table, log_stream
+from okd.logging import Logger, MemoryRecorder, NullLogger, Progress, RunRecorder, console, format_epoch_table
 from okd.models.base import MultiTaskModel
 from okd.tasks import Task, metric_directions
 from okd.weighting.base import BoundModel, LossWeighting, Weighting
@@ -347,7 +346,7 @@ class Trainer:
         self._update_best(epoch, rows)
         self._save(epoch)
         if self.is_main:
-            print(format_epoch_table(epoch, _console_rows(rows), epoch_time), file=log_stream, flush=True)
+            console.info(format_epoch_table(epoch, _console_rows(rows), epoch_time))
         return epoch_time
 
     def _train_epoch(self, epoch: int, carry: dict | None = None) -> tuple[Tensor, Tensor, int]:
@@ -371,9 +370,8 @@ class Trainer:
         self.train_sampler.set_epoch(epoch, start * self.batch_size)  # data order = f(seed, epoch)
         # worker seeds (augmentation) = f(seed, epoch) too; persistent workers keep theirs across epochs
         self.train_loader.generator.manual_seed(ctx.seed * 100_003 + epoch)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not (self.progress and self.is_main),
-                   file=log_stream, dynamic_ncols=True, initial=start,
-                   total=start + len(self.train_loader))
+        bar = Progress(self.train_loader, f"epoch {epoch}", total=start + len(self.train_loader), initial=start,
+                       enabled=self.progress and self.is_main)
         done = start  # steps of this epoch taken so far (including dropped ones)
         for step, batch in enumerate(bar, start=start):
             images, targets = self._to_device(batch)
@@ -390,7 +388,7 @@ class Trainer:
             if done % self.log_every_n_steps == 0:  # one host sync per interval
                 self._check_finite(first_bad, epoch)
                 if self.progress and self.is_main and done > skipped:
-                    bar.set_postfix(loss=f"{float(loss_sum.sum() / (done - skipped)):.4g}")
+                    bar.update(done, float(loss_sum.sum() / (done - skipped)))
                 if self.world_size > 1:  # processes agree on a signal here, so all stop at one step
                     signalled = bool(self._agreed_signal())
             state = {"step": done, "loss_sum": loss_sum, "weight_sum": weight_sum, "first_bad": first_bad,
@@ -669,10 +667,9 @@ class Trainer:
         if not self.is_main:
             pass
         elif self._in_epoch is not None:
-            print(f"resuming from {path} in epoch {self._in_epoch['epoch']} after step {self._in_epoch['step']}",
-                  file=log_stream, flush=True)
+            console.info(f"resuming from {path} in epoch {self._in_epoch['epoch']} after step {self._in_epoch['step']}")
         else:
-            print(f"resuming from {path} after epoch {state['epoch']}", file=log_stream, flush=True)
+            console.info(f"resuming from {path} after epoch {state['epoch']}")
         return state["epoch"] + 1, state.get("wandb_id")
 
     def _selections(self) -> dict[str, dict]:
@@ -771,18 +768,17 @@ class Trainer:
         if not self.is_main:
             return
         ddp = f" x {self.world_size} processes (DDP)" if self.world_size > 1 else ""
-        print(f"okd: {ctx.data.name} ({len(ctx.data.train)} train samples), tasks {[t.name for t in ctx.tasks]}, "
+        console.info(f"okd: {ctx.data.name} ({len(ctx.data.train)} train samples), tasks {[t.name for t in ctx.tasks]}, "
               f"{type(ctx.model).__name__} with {ctx.model.num_parameters():,} parameters, "
               f"weighting {type(ctx.weighting).__name__}, kd {type(ctx.distiller).__name__}, "
-              f"device {self.device}{ddp}, epochs {start_epoch}..{self.epochs - 1}", file=log_stream, flush=True)
+              f"device {self.device}{ddp}, epochs {start_epoch}..{self.epochs - 1}")
 
     def _farewell(self) -> None:
         ctx = self.ctx
         if not self.is_main:
             return
-        print(f"results: {Path(ctx.run_dir) / 'summary.json'} and metrics.jsonl; "
-              f"checkpoints: {self.checkpoint_dir}; logger: {ctx.logger.describe()}",
-              file=log_stream, flush=True)
+        console.info(f"results: {Path(ctx.run_dir) / 'summary.json'} and metrics.jsonl; "
+              f"checkpoints: {self.checkpoint_dir}; logger: {ctx.logger.describe()}")
 
 
 def _scaler_found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:

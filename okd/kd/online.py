@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from okd import distributed
 from okd.kd.afd import VARIANTS, AdaptiveFeatureDistillation, check_stages, default_stages, stage_key
 from okd.kd.base import Distiller
+from okd.logging import console
 from okd.models.base import ModelOutput, MultiTaskModel
 from okd.tasks import Task
 
@@ -36,11 +37,6 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 DEFAULT_TEACHER_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4, weight_decay=1e-5)
 #: SPEC.md §1.3: adaptors use Adam, lr 1e-4, weight decay 5e-4.
 DEFAULT_ADAPTOR_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4, weight_decay=5e-4)
-
-
-def _log_stream():
-    from okd.logging import log_stream
-    return log_stream
 
 
 class OnlineDistillation(Distiller):
@@ -193,9 +189,8 @@ class OnlineDistillation(Distiller):
             means = distributed.average(sums / max(steps, 1)).tolist()
             self._warmup_log = {f"teacher/warmup_loss/{t.name}": v for t, v in zip(self.tasks, means)}
             if distributed.is_main():
-                print(f"okd warm-up epoch {epoch + 1}/{self.warmup_epochs}: teacher losses "
-                      + ", ".join(f"{t.name} {v:.4g}" for t, v in zip(self.tasks, means)),
-                      file=_log_stream(), flush=True)
+                console.info(f"okd warm-up epoch {epoch + 1}/{self.warmup_epochs}: teacher losses "
+                             + ", ".join(f"{t.name} {v:.4g}" for t, v in zip(self.tasks, means)))
 
     def _teacher_steps(self, images: Tensor, targets: Mapping[str, Tensor]) -> Tensor:
         """One plain optimisation step of every teacher; returns the (K,) detached losses."""
