@@ -14,10 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from okd.data.base import DataBundle
 from okd.engine.checkpoint import seed_everything
 from okd.engine.trainer import RunContext, Trainer
+from okd.errors import OkdError
+from okd.logging import atomic_write_text, console
 from okd.tasks import build_tasks
 
 
-def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> tuple[Trainer, RunContext]:
+def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None,
+          overrides: list[str] | None = None) -> tuple[Trainer, RunContext]:
     """Instantiate dataset, tasks, model, weighting, distiller, logger and trainer from ``cfg``."""
     seed_everything(int(cfg.seed))  # model initialisation is part of what the seed fixes
     data = _instantiate(cfg.dataset, "dataset")
@@ -30,11 +33,10 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     distiller = _instantiate(cfg.kd, "kd")
     logger = _instantiate(cfg.logger, "logger")
     trainer = _instantiate(cfg.trainer, "trainer")
-    # The job's config as a plain dict (without Hydra's own node, present when composed by tests).
-    config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     ctx = RunContext(
         model=model, tasks=tasks, data=data, weighting=weighting, distiller=distiller, logger=logger,
-        run_dir=Path(run_dir), seed=int(cfg.seed), config=config, choices=dict(choices or {}),
+        run_dir=Path(run_dir), seed=int(cfg.seed), config=_job_config(cfg), choices=dict(choices or {}),
+        overrides=list(overrides or []),
         build_model=lambda task_list: _instantiate(cfg.backbone, "backbone", tasks=list(task_list)),
         delta=OmegaConf.to_container(cfg.delta, resolve=True) if "delta" in cfg else {},
     )
@@ -53,7 +55,9 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None,
     if mode != "train":
         cfg = _with_checkpoint_config(cfg, overrides or [])
         cfg.logger = {"_target_": "okd.logging.NullLogger"}  # evaluation makes no tracker run
-    trainer, ctx = build(cfg, run_dir, choices)
+    else:
+        cfg, choices, overrides = _run_config(cfg, Path(run_dir), choices, overrides)
+    trainer, ctx = build(cfg, run_dir, choices, overrides)
     if mode == "eval":
         from okd.engine.evaluate import evaluate_checkpoint
         return evaluate_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("eval_split"))
@@ -61,6 +65,80 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None,
         from okd.engine.evaluate import predict_checkpoint
         return {"predictions": [str(p) for p in predict_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("input"))]}
     return trainer.fit(ctx)
+
+
+def _job_config(cfg: DictConfig) -> dict[str, Any]:
+    """The job's config as a plain resolved dict (without Hydra's own node, present when composed by tests)."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def _run_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None,
+                overrides: list[str] | None) -> tuple[DictConfig, dict[str, str] | None, list[str] | None]:
+    """A fresh run trains with the composed config. A resumed run continues with the config saved in its
+    checkpoint (what it was started with), plus the command's overrides of free settings; an override
+    that would change what the run computes is refused, listing the differences (okd/run_config.py).
+    Chosen before any object is built: the objects must be the run's own."""
+    from okd import run_config
+    from okd.engine.checkpoint import load_checkpoint
+
+    resume, last = cfg.trainer.get("resume", False), run_dir / "checkpoints" / "last.pt"
+    if resume not in (True, "auto") or not last.is_file():
+        return cfg, choices, overrides  # a fresh run (the trainer reports resume=true without checkpoint)
+    saved = load_checkpoint(last, mmap=True)  # mmap: only the small entries below are read
+    if "trainer" not in (saved.get("config") or {}):
+        console.info(f"okd: {last} has no saved run config (an older okd wrote it): resuming with this command's config")
+        return cfg, choices, overrides
+    current_choices = dict(choices or {})
+    saved_choices = saved.get("choices") or {}
+    result = run_config.resume(saved["config"], _job_config(cfg), overrides, saved.get("overrides") or [],
+                               saved_choices, current_choices, package_of=_package_of)
+    if result.conflicts:
+        raise ResumeConflict(run_config.describe(result.conflicts, run_dir, saved_choices, current_choices))
+    result.config["trainer"]["resume"] = resume  # what this job was asked to do
+    _restore_hydra_snapshot(run_dir, result.config, result.overrides)
+    return OmegaConf.create(result.config), result.choices, result.overrides
+
+
+def _package_of(group: str, option: str) -> tuple[str, ...] | None:
+    """The config node a group option fills, from the ``# @package`` line of its file: () for
+    ``_global_`` (experiment presets, protocols), None without such a line or file."""
+    for root in _config_dirs():
+        path = root / group / f"{option}.yaml"
+        if path.is_file():
+            for line in path.read_text().splitlines()[:5]:
+                words = line.lstrip("#").split()
+                if line.startswith("#") and words[:1] == ["@package"] and len(words) > 1:
+                    return () if words[1] == "_global_" else tuple(words[1].split("."))
+            return None
+    return None
+
+
+def _config_dirs() -> list[Path]:
+    """Hydra's file config sources (conf/ and any added search path); conf/ next to okd/ otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    dirs = []
+    if HydraConfig.initialized():
+        sources = OmegaConf.select(HydraConfig.get(), "runtime.config_sources") or []
+        dirs = [Path(s.path) for s in sources if s.get("schema") == "file"]
+    return dirs or [Path(__file__).resolve().parents[1] / "conf"]
+
+
+def _restore_hydra_snapshot(run_dir: Path, config: dict[str, Any], overrides: list[str]) -> None:
+    """Hydra wrote this command's config and overrides into ``.hydra/`` before okd ran; put the run's
+    back, so that the snapshot (and okd.report, which groups runs by it) describes the run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from okd import distributed
+
+    if not (HydraConfig.initialized() and distributed.is_main()):
+        return
+    subdir = HydraConfig.get().output_subdir
+    snapshot = run_dir / subdir if subdir else None
+    if snapshot is None or not (snapshot / "overrides.yaml").is_file():
+        return
+    atomic_write_text(snapshot / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+    atomic_write_text(snapshot / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
 
 
 def _with_checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -72,7 +150,7 @@ def _with_checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig
     ckpt = cfg.get("ckpt")
     if not ckpt or not Path(ckpt).is_file():
         return cfg  # the mode reports the missing checkpoint itself
-    saved = load_checkpoint(Path(ckpt)).get("config") or {}
+    saved = load_checkpoint(Path(ckpt), mmap=True).get("config") or {}
     cfg = cfg.copy()
     for group in ("dataset", "backbone"):
         if group in saved:
@@ -98,3 +176,7 @@ def _instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:
 
 class ConfigError(ValueError):
     """A config value that the object it configures rejected."""
+
+
+class ResumeConflict(OkdError):
+    """A resume command whose overrides would change what the run computes."""

@@ -17,8 +17,8 @@ TINY = ["dataset.train_size=8", "dataset.val_size=4", "dataset.test_size=4", "da
         "dataset.width=32", "trainer.batch_size=4", "trainer.progress=false"]
 
 
-def okd(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+def okd(cwd: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([sys.executable, RUN, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -196,8 +196,60 @@ def test_eval_reports_a_float_rounding_difference_as_equal_within_tolerance(tmp_
     ckpt = tmp_path / "other_machine.pt"
     torch.save(state, ckpt)
     proc = okd(tmp_path, "mode=eval", f"ckpt={ckpt}", "eval_split=test", f"hydra.run.dir={tmp_path / 'eval'}")
-    line = next(l for l in proc.stdout.splitlines() if "training-time metrics of this checkpoint" in l)
-    assert "equal within rel 1e-05 / abs 1e-08 (largest difference: depth/abs_err" in line, proc.stdout
+    console = proc.stdout + proc.stderr
+    line = next(l for l in console.splitlines() if "training-time metrics of this checkpoint" in l)
+    assert "equal within rel 1e-05 / abs 1e-08 (largest difference: depth/abs_err" in line, console
     written = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert written["matches_training_time_metrics"]["test"].startswith("equal within rel 1e-05")
     assert written["comparison_tolerance"] == {"rel": 1e-5, "abs": 1e-8}
+
+
+# -- resuming continues the run as it was started (issue 14, item 4) ------------------------------
+def _rows_and_numbers(run_dir: Path) -> tuple[list[dict], dict]:
+    rows = [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "epoch_time_s")}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return rows, {k: summary[k] for k in ("final", "best", "selection", "choices", "epochs")}
+
+
+def test_readme_resume_command_continues_the_run_as_started(tmp_path):
+    """A DWA run on 32 samples, preempted in epoch 1, resumed with the README's command and nothing
+    else: it continues with DWA (whose state is in the checkpoint) on its 32 samples and ends as the
+    uninterrupted run; .hydra/ describes the run again, not the resume command."""
+    args = ["weighting=dwa", "dataset.train_size=32", "dataset.val_size=4", "dataset.test_size=4",
+            "dataset.height=32", "dataset.width=32", "trainer.batch_size=8", "trainer.epochs=3",
+            "trainer.progress=false", "logger=none", "trainer.log_images=0"]  # 4 steps per epoch
+    okd(tmp_path, *args, f"hydra.run.dir={tmp_path / 'full'}")
+    cut = okd(tmp_path, *args, f"hydra.run.dir={tmp_path / 'cut'}", check=False,
+              env={"OKD_TEST_SIGTERM_AFTER_STEP": "6", "PYTHONPATH": str(ROOT / "tests" / "hooks")})
+    assert cut.returncode == 143, cut.stderr
+    resumed = okd(tmp_path, "trainer.resume=true", f"hydra.run.dir={tmp_path / 'cut'}")
+    console = resumed.stdout + resumed.stderr
+    assert "(32 train samples)" in console and "weighting DWA" in console
+    assert _rows_and_numbers(tmp_path / "cut") == _rows_and_numbers(tmp_path / "full")
+    import yaml
+    assert yaml.safe_load((tmp_path / "cut" / ".hydra" / "overrides.yaml").read_text()) == [
+        *args, "trainer.resume=true"]
+    assert yaml.safe_load((tmp_path / "cut" / ".hydra" / "config.yaml").read_text())["weighting"]["_target_"] \
+        == "okd.weighting.dwa.DWA"
+
+
+def test_resume_refuses_what_changes_the_run_and_accepts_free_switches(tmp_path):
+    args = [*TINY, "weighting=dwa", "trainer.epochs=1", "trainer.log_images=0"]  # W&B offline
+    run_dir = f"hydra.run.dir={tmp_path / 'run'}"
+    okd(tmp_path, *args, run_dir)
+    refused = okd(tmp_path, *args, "trainer.resume=auto", "weighting=uw", "trainer.optimizer.lr=0.1",
+                  "dataset.train_size=16", run_dir, check=False)  # a requeue with another config
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    error = refused.stderr[refused.stderr.index("okd: error: "):].splitlines()
+    assert error[0].startswith(f"okd: error: trainer.resume: this command changes what the run in {tmp_path / 'run'} "
+                               f"computes, but a resumed run continues with the config it was started with")
+    assert error[1:4] == ["  weighting=uw: the run has weighting=dwa, this command weighting=uw",
+                          "  trainer.optimizer.lr=0.1: trainer.optimizer.lr is 0.001 in the run, 0.1 here",
+                          "  dataset.train_size=16: dataset.train_size is 8 in the run, 16 here"]
+    accepted = okd(tmp_path, "trainer.resume=true", "trainer.epochs=2", "logger.mode=offline",
+                   "trainer.progress=false", "trainer.device=cpu", run_dir)
+    console = accepted.stdout + accepted.stderr
+    assert "weighting DWA" in console and "epochs 1..1" in console
+    rows, numbers = _rows_and_numbers(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [0, 0, 0, 1, 1, 1] and numbers["choices"]["weighting"] == "dwa"

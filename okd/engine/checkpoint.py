@@ -29,13 +29,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         raise OSError(f"could not write checkpoint {path} ({err.strerror or err}); {kept}") from err
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True`` (no arbitrary code runs); clear errors for bad paths/files."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load with ``weights_only=True`` (no arbitrary code runs); clear errors for bad paths/files.
+    ``mmap=True`` maps the tensors instead of reading them: cheap when only small entries are used."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for truncated/foreign files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"could not load checkpoint {path}: {reason} (truncated or not a checkpoint? "

@@ -68,6 +68,8 @@ class RunContext:
     build_model: Callable[[Sequence[Task]], MultiTaskModel] | None = None
     #: how results are compared with single-task baselines: last_n, stl_runs, reference (conf: delta)
     delta: dict = field(default_factory=dict)
+    #: the run's command-line overrides (saved in checkpoints: a resume compares its own with them)
+    overrides: list = field(default_factory=list)
 
 
 class Trainer:
@@ -631,8 +633,10 @@ class Trainer:
             "num_classes": ctx.data.num_classes,
             "choices": dict(ctx.choices),
             "metrics": {s: dict(r) for s, r in getattr(self, "last_rows", {}).items()},
-            # what mode=eval/predict need to rebuild this model without other flags
-            "config": {k: ctx.config[k] for k in ("dataset", "backbone") if k in ctx.config},
+            # the run's resolved config: a resume continues with it (okd/app.py), mode=eval/predict
+            # rebuild the model from its dataset and backbone without other flags
+            "config": ctx.config,
+            "overrides": list(ctx.overrides),
             "class_names": list(ctx.data.info.get("class_names") or []),
         }
 
