@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from datetime import timedelta
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -160,6 +160,38 @@ def any_rank(value: int) -> int:
     t = torch.tensor([value], dtype=torch.long)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+class SignalVote:
+    """A per-step agreement on a pending signal under DDP that never waits on the network or the GPU.
+
+    Each step starts a non-blocking all-reduce (MAX, a CPU tensor through gloo) of this process's
+    pending signal and reads the one started a step earlier, which has long arrived: every process
+    sees the same result after the same step, so all stop one step after the first of them got the
+    signal. (torchrun and SLURM kill processes that have not ended some 30 s after SIGTERM: an
+    agreement only every ``log_every_n_steps`` steps could come too late.) In one process it returns
+    the local value.
+    """
+
+    def __init__(self) -> None:
+        self._work: Any = None
+        self._value: torch.Tensor | None = None
+
+    def step(self, local: int) -> int:
+        if not is_distributed():
+            return local
+        agreed = self.drain()
+        self._value = torch.tensor([local], dtype=torch.long)
+        self._work = dist.all_reduce(self._value, op=dist.ReduceOp.MAX, async_op=True)
+        return agreed
+
+    def drain(self) -> int:
+        """The result of the vote in flight (0 if none); every process must call it at the same point."""
+        if self._work is None:
+            return 0
+        self._work.wait()
+        self._work = None
+        return int(self._value.item())
 
 
 def barrier() -> None:

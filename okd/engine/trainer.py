@@ -198,7 +198,12 @@ class Trainer:
         return summary
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signal = signum  # acted on at the end of the current step (under DDP: log interval)
+        self._signal = signum  # acted on at the end of the current step (under DDP: the next one)
+
+    def _note_signal(self, agreed: int) -> bool:
+        if agreed:
+            self._signal = agreed  # also in a process that did not receive it itself
+        return bool(agreed)
 
     def _agreed_signal(self) -> int:
         """The pending signal, agreed by every process under DDP (so that all of them stop at the
@@ -375,6 +380,7 @@ class Trainer:
         bar = Progress(self.train_loader, f"epoch {epoch}", total=start + len(self.train_loader), initial=start,
                        enabled=self.progress and self.is_main)
         done = start  # steps of this epoch taken so far (including dropped ones)
+        vote = distributed.SignalVote()
         for step, batch in enumerate(bar, start=start):
             images, targets = self._to_device(batch)
             detached, weights = self.training_step(images, targets)
@@ -386,13 +392,12 @@ class Trainer:
             else:
                 loss_sum += torch.where(bad, 0.0, detached)
                 weight_sum += weights
-            signalled = self._signal is not None and self.world_size == 1
+            # under DDP all processes learn of a signal one step later, at the same step (no wait)
+            signalled = self._note_signal(vote.step(self._signal or 0))
             if done % self.log_every_n_steps == 0:  # one host sync per interval
                 self._check_finite(first_bad, epoch)
                 if self.progress and self.is_main and done > skipped:
                     bar.update(done, float(loss_sum.sum() / (done - skipped)))
-                if self.world_size > 1:  # processes agree on a signal here, so all stop at one step
-                    signalled = bool(self._agreed_signal())
             state = {"step": done, "loss_sum": loss_sum, "weight_sum": weight_sum, "first_bad": first_bad,
                      "skipped": skipped}
             if signalled or (self.checkpoint_every_n_steps and done % self.checkpoint_every_n_steps == 0
@@ -401,6 +406,7 @@ class Trainer:
                 self._save_mid_epoch(epoch, state)
                 if signalled:
                     raise Preempted(self._signal, epoch, done)
+        self._note_signal(vote.drain())  # the last step's vote; fit() acts on it after the epoch
         self._check_finite(first_bad, epoch)
         steps = done - skipped
         if steps <= 0:
