@@ -211,8 +211,8 @@ def test_slurm_script_requeues_on_the_signal_the_trainer_saves_on(tmp_path, monk
     trainer saves last.pt and requeues on that signal (okd/engine/trainer.py)."""
     from okd.engine.preemption import SIGNALS as PREEMPTION_SIGNALS
 
-    submitit = pytest.importorskip("submitit")
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    pytest.importorskip("submitit")
+    from hydra_plugins.okd_launcher import SlurmLauncher
 
     fake_srun = tmp_path / "bin" / "srun"  # submitit's SLURM executor insists on finding srun
     fake_srun.parent.mkdir()
@@ -221,13 +221,9 @@ def test_slurm_script_requeues_on_the_signal_the_trainer_saves_on(tmp_path, monk
     monkeypatch.setenv("PATH", f"{fake_srun.parent}{os.pathsep}{os.environ['PATH']}")
     cfg = compose_cfg(["hydra/launcher=okd_slurm", "hydra.launcher.partition=gpu"])
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    params.pop("_target_")
-    # the parameter mapping of hydra_plugins.hydra_submitit_launcher.submitit_launcher.launch
-    executor = submitit.AutoExecutor(folder=str(tmp_path / "%j"), cluster="slurm",
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
-    params.pop("submitit_folder")
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    assert params.pop("_target_") == "hydra_plugins.okd_launcher.SlurmLauncher"
+    params["submitit_folder"] = str(tmp_path / "%j")
+    executor = SlurmLauncher(**params)._executor()  # the launcher's own mapping of its keys to sbatch's
     script = executor._executor._make_submission_file_text("python -m x", "uid")
     for line in ("#SBATCH --signal=USR1@300", "#SBATCH --requeue", "#SBATCH --gpus-per-node=1",
                  "#SBATCH --partition=gpu", "#SBATCH --time=1440", "export SUBMITIT_PREEMPT_SIGNAL=USR1"):
@@ -388,3 +384,20 @@ def test_job_resources_plan_caps_jobs_at_gpu_slots_and_splits_cores():
     assert JobResources(gpus=[], threads=3).plan(2, 16) == (2, 3)
     with pytest.raises(ValueError, match="jobs_per_gpu must be >= 1"):
         JobResources(jobs_per_gpu=0)
+
+
+def test_every_multirun_ends_with_one_screen_listing_its_jobs(tmp_path):
+    """Basic launcher, one job failing: the sweep still ends with every job, its status, headline and
+    folder (and the failed job's error), after Hydra's own report of the failure."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, RUN, "-m", *TINY, "logger=none", "trainer.batch_size=4,0",
+                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0  # Hydra reports the failed job
+    screen = proc.stdout[proc.stdout.index(f"sweep {sweep}: 2 job(s), 1 done, 1 failed"):].splitlines()
+    assert re.match(r"  done\s+loss \d\.\d+ \(val, epoch 0\)\s+0  .*trainer.batch_size=4", screen[1]), screen
+    assert re.match(r"  failed\s+1  .*trainer.batch_size=0", screen[2]), screen
+    assert "trainer.batch_size must be a positive integer, got 0" in screen[3]
+    assert json.loads((sweep / "1" / "job_status.json").read_text())["status"] == "FAILED"

@@ -240,17 +240,23 @@ def test_usr1_to_one_array_task_requeues_only_that_task_with_wandb(cluster, tmp_
         assert (job_dir / "summary.json").is_file() and len(wandb_ids(job_dir)) == 1
 
 
-def test_srun_torchrun_inside_an_sbatch_script(cluster, tmp_path):
-    """One run on two processes (DDP over gloo) as the README's sbatch script starts it."""
+def test_srun_torchrun_inside_an_sbatch_script_saves_and_requeues_on_usr1(cluster, tmp_path):
+    """One run on two processes (DDP over gloo), started as the README's sbatch script does. The time-limit
+    warning (USR1, sent by SLURM to every process of the step) reaches the workers directly: they save
+    and requeue the job; torchrun, which USR1 would kill, ignores it (`trap '' USR1` in the script)."""
     script = tmp_path / "ddp.sh"
     run_dir = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
     script.write_text("#!/bin/bash\n#SBATCH -c 2 --signal=USR1@60 --requeue\n"
-                      f"srun {Path(sys.executable).parent / 'torchrun'} --standalone --nproc_per_node=2 {RUN} "
-                      f"{' '.join(TRAIN)} trainer.epochs=1 logger=none trainer.device=cpu hydra.run.dir={run_dir} "
-                      "trainer.resume=auto\n")
+                      f"srun bash -c \"trap '' USR1; exec {torchrun} --standalone --nproc_per_node=2 {RUN} "
+                      f"{' '.join(TRAIN)} dataset.train_size=400 trainer.epochs=2 logger=none trainer.device=cpu "
+                      f"hydra.run.dir={run_dir} trainer.resume=auto\"\n")
     job = cluster.run("sbatch", "--parsable", "-o", str(tmp_path / "ddp.out"), str(script)).strip()
-    wait_for(lambda: cluster.attempts(job) and cluster.attempts(job)[-1] not in ("PENDING", "RUNNING"),
-             "the torchrun job to end", timeout=300, every=1)
-    assert cluster.attempts(job) == ["COMPLETED"], (tmp_path / "ddp.out").read_text()
+    wait_for(lambda: (run_dir / "checkpoints" / "last.pt").is_file(), "the first epoch of the DDP job")
+    cluster.run("scancel", "--signal=USR1", job)
+    wait_for(lambda: cluster.attempts(job)[-1:] == ["COMPLETED"] and len(cluster.attempts(job)) == 2,
+             "the requeued DDP job to finish", timeout=300, every=1)
+    log = (run_dir / "run.log").read_text()
+    assert "SIGUSR1 received: saved" in log and "resuming from" in log, (tmp_path / "ddp.out").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert "x 2 processes (DDP)" in (run_dir / "run.log").read_text() and summary["epochs"] == 1
+    assert "x 2 processes (DDP)" in log and summary["epochs"] == 2
