@@ -10,7 +10,8 @@ experiment presets, and any other command-line override recorded in ``.hydra/ove
 deviation (ddof = 1) over its runs of every metric of the chosen model selection, of ``delta_m``
 and ``delta_p``, of the epoch time, plus its parameter count and number of seeds.
 
-Δm / Δp (SPEC.md §3.1, okd/metrics.py) are in percent with **positive = better than the base**.
+Δm / Δp (docs/metrics.md#delta_m-and-delta_p, okd/metrics.py) are in percent with **positive =
+better than the base**.
 The base of each run, in this order:
 
 1. ``--base-runs``: single-task runs given on the command line (every run is recomputed against
