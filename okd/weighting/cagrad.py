@@ -31,7 +31,8 @@ def cagrad_weights(matrix: Tensor, c: float, eps: float = 1e-4) -> Tensor:
     :func:`okd.weighting.solvers.minimize_on_simplex` from w0 = 1/K (the official code uses scipy
     SLSQP from the same start) on M / max_k M_kk (same argmin), on a float64 CPU copy of M (one
     K x K host transfer per step). If ||g_w|| <= eps ||g_max|| (0 in the convex hull: a
-    Pareto-stationary point) the correction is dropped and lambda = 1/K (torchjd's guard). The
+    Pareto-stationary point) the correction is dropped and lambda = 1/K: the update is g0, EW's
+    direction at CAGrad's scale. (torchjd 0.18 returns zero weights there, i.e. no update.) The
     default eps = 1e-4 is the scale of the 1e-8 smoothing inside the square root: below it the
     smoothed dual no longer determines the direction of g_w, and the official code's
     c / (||g_w|| + 1e-8) would add c ||g0|| times an arbitrary unit vector. A non-finite M (an
