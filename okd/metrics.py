@@ -1,4 +1,4 @@
-"""Multi-task performance against single-task baselines: delta_m and delta_p (SPEC.md §3.1).
+"""Multi-task performance against single-task baselines: delta_m and delta_p (docs/metrics.md).
 
 Two definitions are in use and rank methods differently, so both are computed and reported, in
 percent, with **positive = better than the base** (CAGrad/Nash-MTL/FAMO print the negative of
@@ -8,7 +8,8 @@ delta_m: a drop is positive there):
 * ``delta_p`` (per task, Maninis et al. 2019 / LibMTL): the same signed relative change averaged
   over the metrics of each task first, then over tasks.
 
-s_m = +1 when higher is better, -1 otherwise. Metric keys are ``"<task>/<metric>"``.
+s_m = +1 when higher is better, -1 otherwise. Metric keys are ``"<task>/<metric>"``. Definitions, an
+example and the order of the bases: docs/metrics.md#delta_m-and-delta_p.
 """
 from __future__ import annotations
 

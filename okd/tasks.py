@@ -1,7 +1,7 @@
 """Task definitions: the one home for what a task predicts, how it is scored and which way is better.
 
 Each task knows its head's channel count, how raw head outputs become predictions, its loss (with
-masks, SPEC.md §2) and its split-level metric accumulator (SPEC.md §3). Models, losses and metrics
+masks, docs/metrics.md#losses) and its split-level metric accumulator (docs/metrics.md#metrics). Models, losses and metrics
 are all built from a list of tasks, so one code path serves 1, 2 or 3 tasks and any dataset.
 
 Metric accumulators sum over every valid pixel of a split (not per batch), so their result does not
@@ -47,7 +47,7 @@ class Task:
 
 
 def valid_mask(target: Tensor) -> Tensor:
-    """Pixels with a dense target: not all channels zero (SPEC.md §2). Shape B x H x W."""
+    """Pixels with a dense target: not all channels zero (docs/metrics.md#valid-pixels). Shape B x H x W."""
     # "any channel non-zero" rather than "sum != 0": a valid unit normal can have components summing to 0.
     return (target != 0).any(dim=1)
 
@@ -151,7 +151,7 @@ class TaskMetric:
 
 class SegmentationMetric(TaskMetric):
     """Confusion matrix over the split; mIoU over classes with non-empty union and pixel accuracy,
-    both in percent like the published tables (SPEC.md §8)."""
+    both in percent like the published tables (docs/metrics.md#published-reference-numbers)."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -207,7 +207,7 @@ class DepthMetric(TaskMetric):
 class NormalMetric(TaskMetric):
     """Angular error (degrees) over all valid pixels: mean, median, % within 11.25/22.5/30 degrees.
 
-    The median comes from a histogram of 0.01-degree bins (SPEC.md §3), so it is exact to 0.005 deg
+    The median comes from a histogram of 0.01-degree bins (docs/metrics.md#metrics), so it is exact to 0.005 deg
     (bin centre) and the accumulator has a fixed size whatever the split.
     """
 

@@ -1,4 +1,4 @@
-"""delta_m / delta_p (SPEC.md §3.1) on hand-computed examples, both sign directions."""
+"""delta_m / delta_p (docs/metrics.md#delta_m-and-delta_p) on hand-computed examples, both sign directions."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Losses and metrics of SPEC.md §2-3 against values computed by hand."""
+"""Losses and metrics of docs/metrics.md against values computed by hand."""
 from __future__ import annotations
 
 import math

@@ -1,7 +1,7 @@
 """What every dataset hands to the rest of the framework.
 
 A sample is a dict of tensors keyed by name: ``"image"`` (float32, 3xHxW, RGB in [0, 1]) and one
-entry per selected task, in the conventions of SPEC.md §2:
+entry per selected task, in the conventions of docs/data.md#sample-conventions:
 
 * ``"segmentation"``: int64, HxW, class index, -1 = ignore;
 * ``"depth"``: float32, 1xHxW, metres (or disparity), 0 = invalid;

@@ -1,4 +1,4 @@
-"""Cityscapes in mtan's pre-processed layout (SPEC.md §6.2): ``dataset=cityscapes dataset.root=DIR``.
+"""Cityscapes in mtan's pre-processed layout (docs/data.md#cityscapes): ``dataset=cityscapes dataset.root=DIR``.
 
 ``root/{train,val}/{image,depth,label_7,label_19}/{i}.npy`` (mtan also ships ``label_2``, which is
 not needed), 2975 train and 500 ``val`` images (the official validation set, used as the TEST

@@ -1,4 +1,4 @@
-"""Datasets stored as one ``.npy`` file per sample and modality (the mtan layouts of SPEC.md §6).
+"""Datasets stored as one ``.npy`` file per sample and modality (the mtan layouts of docs/data.md).
 
 :class:`NpySamples` reads a split lazily: each ``__getitem__`` memory-maps the sample's files
 (``np.load(mmap_mode="r")``), copies them once into tensors, and applies the optional resize and

@@ -1,4 +1,4 @@
-"""NYUv2 in mtan's pre-processed layout (SPEC.md §6.1): ``dataset=nyuv2 dataset.root=DIR``.
+"""NYUv2 in mtan's pre-processed layout (docs/data.md#nyuv2): ``dataset=nyuv2 dataset.root=DIR``.
 
 ``root/{train,val}/{image,label,depth,normal}/{i}.npy``, 795 train and 654 ``val`` images (the
 ``val`` folder is the NYUv2 TEST set and is exposed as the ``test`` split). Files are HWC:

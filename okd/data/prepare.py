@@ -1,4 +1,4 @@
-"""Convert the official raw Cityscapes release into mtan's ``.npy`` layout (SPEC.md §6.2).
+"""Convert the official raw Cityscapes release into mtan's ``.npy`` layout (docs/data.md#converting-raw-cityscapes).
 
 ``python -m okd.data.prepare cityscapes --raw DIR --out DIR --size 128x256``
 

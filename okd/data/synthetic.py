@@ -1,4 +1,4 @@
-"""Synthetic scenes: the embedded default dataset (SPEC.md §6.3).
+"""Synthetic scenes: the embedded default dataset (docs/data.md#synthetic-scenes).
 
 Procedural rooms with objects, ray-cast per pixel from a pinhole camera, so that segmentation,
 depth and surface normals come from one geometry and agree with each other; RGB is albedo times a
@@ -590,7 +590,7 @@ def class_names(num_classes: int) -> list[str]:
 
 def render_scene(rng: np.random.Generator, height: int, width: int,
                  num_classes: int) -> dict[str, np.ndarray]:
-    """Render one random scene in the NYUv2 on-disk conventions (SPEC.md §6.1).
+    """Render one random scene in the NYUv2 on-disk conventions (docs/data.md#nyuv2).
 
     Returns HWC float32 arrays: ``image`` HxWx3 in [0, 1], ``label`` HxW (class ids as floats,
     -1 ignore), ``depth`` HxWx1 (metres along the optical axis, 0 invalid), ``normal`` HxWx3
@@ -677,7 +677,7 @@ def build(tasks: Sequence[str] = ("segmentation", "depth", "normal"), num_classe
 
 
 # ----------------------------------------------------------------------------------------------
-# Published layouts (SPEC.md §6.1, §6.2)
+# Published layouts (docs/data.md#nyuv2, docs/data.md#cityscapes)
 # ----------------------------------------------------------------------------------------------
 def _layout_arrays(layout: str, rng: np.random.Generator, height: int, width: int,
                    num_classes: int) -> dict[str, np.ndarray]:

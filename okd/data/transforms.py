@@ -3,7 +3,7 @@
 * :func:`resize` (load-time resolution change): bilinear image (antialiased when shrinking, like
   PIL), nearest targets: labels, depth and normals are never blended across pixels, which would
   mix classes and average valid values with the 0 that marks invalid ones.
-* :func:`scale_crop` / :func:`hflip` and their random composition :class:`Augment` (SPEC.md §6.1,
+* :func:`scale_crop` / :func:`hflip` and their random composition :class:`Augment` (docs/data.md,
   the augmentation of mtan's SegNet benchmarks): crop an (H/s, W/s) window and resize it back to
   H x W (bilinear image, nearest targets); zooming by s makes the scene look s times closer, so
   depth is divided by s (disparity, i.e. inverse depth, is multiplied by s); a horizontal flip
@@ -68,7 +68,7 @@ def scale_crop(sample: Mapping[str, Tensor], scale: float, top: int, left: int,
     """Crop the (int(H/scale), int(W/scale)) window at (top, left) and resize it back to H x W.
 
     Depth is divided by ``scale`` (disparity multiplied), since the zoomed view shows the scene
-    ``scale`` times closer (SPEC.md §6.1; mtan's RandomScaleCrop). Normals keep their directions.
+    ``scale`` times closer (docs/data.md#augmentation; mtan's RandomScaleCrop). Normals keep their directions.
     """
     if scale < 1:
         raise ValueError(f"scale_crop: scale must be >= 1 (a crop), got {scale}")
@@ -97,7 +97,7 @@ def hflip(sample: Mapping[str, Tensor]) -> Sample:
 class Augment:
     """Random scale-crop (s uniform over ``scales``, window position uniform) then a coin-flip hflip.
 
-    SPEC.md §6.1: scales {1.0, 1.2, 1.5}, flip probability 1/2. ``disparity`` marks depth stored
+    docs/data.md#augmentation: scales {1.0, 1.2, 1.5}, flip probability 1/2. ``disparity`` marks depth stored
     as inverse depth (Cityscapes), which a zoom multiplies instead of divides.
     """
 

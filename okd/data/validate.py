@@ -1,4 +1,4 @@
-"""Start-up checks of a dataset root in a published ``.npy`` layout (SPEC.md §6.1, §6.2).
+"""Start-up checks of a dataset root in a published ``.npy`` layout (docs/data.md#start-up-checks).
 
 Every check fails with ONE :class:`DatasetError` whose message names the path, what was found and
 what was expected, and points to the README's "Data" section. The checks are cheap enough to run

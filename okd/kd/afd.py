@@ -1,4 +1,4 @@
-"""Adaptive feature distillation (AFD) (SPEC.md §1.3).
+"""Adaptive feature distillation (AFD) (docs/okd.md#adaptive-feature-distillation-afd).
 
 Jacob, Agarwal, Stenger, "Online Knowledge Distillation for Multi-task Learning", WACV 2023,
 Sec. 3.2 (adaptive feature distillation). For task i and distilled stage j, with student feature
@@ -14,7 +14,7 @@ uniformly in [0, 1). With unit vectors the per-pixel term is 1 - 2 sigma cos + s
 gradient into the student scales with sigma: a gate driven to 0 switches that (task, stage) off.
 This is the ``per_task`` variant (the CNN protocol).
 
-The ``summed`` variant is the paper's transformer protocol (SPEC.md §1.3, last paragraph): one
+The ``summed`` variant is the paper's transformer protocol (docs/okd.md#transformer-variant-summed): one
 target per block, the gated sum over the teachers, and no adaptors by default:
 
     d_j   = mean_{b,n} sum_c ( n(s_j) - sum_i sigma_ij n(t_ij) )^2,     L_AFD = (1/J) sum_j d_j
@@ -42,14 +42,14 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-#: lambda_i of L_AFD (SPEC.md §1.3; the release's ``lambda_ = [1, 1, 2]``).
+#: lambda_i of L_AFD (docs/okd.md#cnn-variant-per_task; the release's ``lambda_ = [1, 1, 2]``).
 DEFAULT_TASK_WEIGHTS = {"segmentation": 1.0, "depth": 1.0, "normal": 2.0}
 PER_TASK, SUMMED = "per_task", "summed"
 VARIANTS = (PER_TASK, SUMMED)
 
 
 def channel_normalize(x: Tensor, dim: int, eps: float = 1e-6) -> Tensor:
-    """n(x) = x / sqrt(sum_c x_c^2 + eps) over the channel dimension ``dim`` (SPEC.md §1.3)."""
+    """n(x) = x / sqrt(sum_c x_c^2 + eps) over the channel dimension ``dim`` (docs/okd.md#adaptive-feature-distillation-afd)."""
     return x * torch.rsqrt(x.pow(2).sum(dim=dim, keepdim=True) + eps)
 
 
@@ -89,7 +89,7 @@ def default_stages(model: nn.Module) -> list[str]:
 
     * a model may name them itself with a ``distillation_stages`` attribute;
     * ResNet (``stem``, ``layer1..layer4``; also MTAN's shared network): the five stages of the
-      release (SPEC.md §1.1);
+      release (docs/okd.md#networks);
     * SegNet (``enc1..enc5`` + ``decoder``): the five encoder stages, the counterpart of ResNet's
       five, plus the shared decoder output that the heads read;
     * ViT (``block1..blockN``): every transformer block;
@@ -233,7 +233,7 @@ class AdaptiveFeatureDistillation(nn.Module):
                     raise ValueError(f"AFD without adaptors: student feature {stage!r} has {c_s} channels, "
                                      f"the teachers' {c_t}; enable adaptors (kd.adaptors=true)")
             return
-        # per_task: one set of 1x1 adaptors per task (SPEC.md §1.3). summed: one target per block,
+        # per_task: one set of 1x1 adaptors per task (docs/okd.md#cnn-variant-per_task). summed: one target per block,
         # so one adaptor per block (only when asked for; the paper's transformer variant has none).
         owners = self.tasks if self.variant == PER_TASK else ["all"]
         for owner in owners:

@@ -1,4 +1,4 @@
-"""KD-MTL, ``kd=kdmtl`` (SPEC.md §4): distillation from frozen single-task teachers.
+"""KD-MTL, ``kd=kdmtl`` (docs/okd.md#kd-mtl): distillation from frozen single-task teachers.
 
 Li & Bilen, "Knowledge Distillation for Multi-task Learning", ECCV Workshops 2020, Sec. 3, Eq. (2)-(3):
 teachers are single-task networks trained beforehand (here: single-task checkpoints of this
@@ -28,12 +28,12 @@ from okd.kd.online import OptimizerFactory
 from okd.models.base import ModelOutput, MultiTaskModel
 from okd.tasks import Task
 
-#: SPEC.md §4: Adam, weight decay 5e-4; lr 1e-4 as in the ResNet release (the SegNet paper used 0.1).
+#: docs/okd.md#kd-mtl: Adam, weight decay 5e-4; lr 1e-4 as in the ResNet release (the SegNet paper used 0.1).
 DEFAULT_ADAPTOR_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4, weight_decay=5e-4)
 
 
 def kdmtl_default_stages(model: nn.Module) -> list[str]:
-    """KD-MTL's distilled features (SPEC.md §4): SegNet the encoder bottleneck and the last decoder
+    """KD-MTL's distilled features (docs/okd.md#kd-mtl): SegNet the encoder bottleneck and the last decoder
     feature; ResNet ``layer4``; otherwise the shared representation the heads read. Per-column
     features (``<task>/<stage>``, cross-stitch) give ``{task}/<stage>`` templates."""
     names = list(getattr(model, "feature_names", ()))

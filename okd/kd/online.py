@@ -1,11 +1,11 @@
-"""Online knowledge distillation, ``kd=okd`` (SPEC.md §1.2-1.5).
+"""Online knowledge distillation, ``kd=okd`` (docs/okd.md).
 
 Jacob, Agarwal, Stenger, "Online Knowledge Distillation for Multi-task Learning", WACV 2023:
 single-task teachers are trained at the same time as the multi-task student and guide it through
 adaptive feature distillation (okd/kd/afd.py, Sec. 3.2); their epoch losses drive online task
 weighting (okd/weighting/otw.py, Sec. 3.3).
 
-Per iteration (SPEC.md §1.5), with the trainer's part in brackets:
+Per iteration (docs/okd.md#one-iteration), with the trainer's part in brackets:
 1. [student forward: predictions and stage features from ONE pass; task losses]
 2. every teacher: ONE forward pass, its own task loss, its backward (teacher graph freed at once);
    its stage features are detached before AFD sees them, so no distillation gradient reaches it;
@@ -33,9 +33,9 @@ from okd.models.base import ModelOutput, MultiTaskModel
 from okd.tasks import Task
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-#: SPEC.md §1.2: teachers use Adam, lr 1e-4, weight decay 1e-5, no schedule.
+#: docs/okd.md#teachers: teachers use Adam, lr 1e-4, weight decay 1e-5, no schedule.
 DEFAULT_TEACHER_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4, weight_decay=1e-5)
-#: SPEC.md §1.3: adaptors use Adam, lr 1e-4, weight decay 5e-4.
+#: docs/okd.md#adaptive-feature-distillation-afd: adaptors use Adam, lr 1e-4, weight decay 5e-4.
 DEFAULT_ADAPTOR_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4, weight_decay=5e-4)
 
 
@@ -140,7 +140,7 @@ class OnlineDistillation(Distiller):
         self._reset_epoch()
 
     def student_param_groups(self) -> list[dict]:
-        """The gates train with the student's optimizer (SPEC.md §1.3)."""
+        """The gates train with the student's optimizer (docs/okd.md#adaptive-feature-distillation-afd)."""
         if self.afd is not None and self.afd.gates is not None:
             return [{"params": [self.afd.gates]}]
         return []
@@ -169,7 +169,7 @@ class OnlineDistillation(Distiller):
 
     # -- warm-up (before epoch 0 of a fresh run) --------------------------------------------------
     def warmup(self, loader: Iterable[Mapping[str, Tensor]]) -> None:
-        """Each teacher trains alone on its task for ``warmup_epochs`` (SPEC.md §1.2).
+        """Each teacher trains alone on its task for ``warmup_epochs`` (docs/okd.md#teachers).
 
         All teachers share each pass over the data (they are independent, so this equals training
         them one after the other, with one data pass per epoch instead of K).

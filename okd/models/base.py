@@ -1,4 +1,4 @@
-"""What every multi-task network provides (ARCHITECTURE.md, "Model output").
+"""What every multi-task network provides (docs/architecture.md#multitaskmodel-and-modeloutput).
 
 ``model(x)`` returns a :class:`ModelOutput`: per-task predictions (already activated, e.g. unit
 normals) and, from the same forward pass, the named stage features used for distillation. The model

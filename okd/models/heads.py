@@ -1,6 +1,6 @@
 """Task heads shared by several backbones.
 
-* :class:`ASPPHead`: the DeepLabV3 head of the paper's CNN student (SPEC.md §1.1; Chen et al.,
+* :class:`ASPPHead`: the DeepLabV3 head of the paper's CNN student (docs/okd.md#networks; Chen et al.,
   "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017, §3.3);
 * :func:`segnet_head`: the 3x3 conv + 1x1 conv prediction layer of mtan's SegNets.
 
@@ -48,7 +48,7 @@ class ASPP(nn.Module):
     branch conv-BN-ReLU; concatenation projected by 1x1 conv-BN-ReLU and dropout.
 
     With 2048 input channels, rates (12, 24, 36) and 256 channels this is the DeepLabV3 ASPP at
-    output stride 8 (SPEC.md §1.1: projection 1280 -> 256, Dropout 0.5).
+    output stride 8 (docs/okd.md#networks: projection 1280 -> 256, Dropout 0.5).
     """
 
     def __init__(self, cin: int, channels: int = 256, rates: Sequence[int] = (12, 24, 36), dropout: float = 0.5) -> None:

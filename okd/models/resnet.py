@@ -1,4 +1,4 @@
-"""Dilated ResNet + one DeepLabV3 ASPP head per task: the paper's CNN student ("DMTL", SPEC.md §1.1).
+"""Dilated ResNet + one DeepLabV3 ASPP head per task: the paper's CNN student ("DMTL", docs/okd.md#networks).
 
 He et al., "Deep Residual Learning for Image Recognition", CVPR 2016; dilation ("atrous") as in
 Chen et al., DeepLabV3, 2017: at output stride 8, layer3 and layer4 keep the resolution of layer2

@@ -1,4 +1,4 @@
-"""SegNet as in mtan (Liu et al., CVPR 2019, "End-to-End Multi-Task Learning with Attention"; SPEC.md §1.1, §4).
+"""SegNet as in mtan (Liu et al., CVPR 2019, "End-to-End Multi-Task Learning with Attention"; docs/okd.md#kd-mtl).
 
 Encoder of five VGG-style stages with 64-128-256-512-512 filters and 2-2-3-3-3 conv layers
 (3x3 conv + BN + ReLU), each followed by 2x2 max-pooling that keeps its indices; a mirrored decoder

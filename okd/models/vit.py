@@ -1,4 +1,4 @@
-"""ViT encoder + Segmenter-style decoders per task: the paper's transformer student (SPEC.md §1.1).
+"""ViT encoder + Segmenter-style decoders per task: the paper's transformer student (docs/okd.md#networks).
 
 Encoder: timm's ``VisionTransformer`` (Dosovitskiy et al., ICLR 2021); the defaults are ViT-Tiny/16
 (width 192, depth 12, 3 heads, MLP ratio 4, drop-path 0.1) at 384x384, with one class token.

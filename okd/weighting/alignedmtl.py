@@ -1,4 +1,4 @@
-"""Aligned-MTL and Aligned-MTL-UB (Senushkin et al., CVPR 2023) (ZOO.md §9)."""
+"""Aligned-MTL and Aligned-MTL-UB (Senushkin et al., CVPR 2023) (docs/weighting.md#alignedmtl)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""CAGrad: conflict-averse gradient descent (ZOO.md §6).
+"""CAGrad: conflict-averse gradient descent (docs/weighting.md#cagrad).
 
 Liu, Liu, Jin, Stone, Liu, "Conflict-Averse Gradient Descent for Multi-task Learning",
 NeurIPS 2021, arXiv 2110.14048. Official code: Cranial-XIX/CAGrad.

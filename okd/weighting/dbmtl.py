@@ -1,4 +1,4 @@
-"""DB-MTL (Lin et al., 2023): EMA of log-loss gradients, equalised norms (ZOO.md §10)."""
+"""DB-MTL (Lin et al., 2023): EMA of log-loss gradients, equalised norms (docs/weighting.md#dbmtl)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Dynamic Weight Average (DWA) (SPEC.md §5).
+"""Dynamic Weight Average (DWA) (docs/weighting.md#dwa).
 
 Liu, Johns, Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019, Sec. 3.3, Eq. (7).
 """

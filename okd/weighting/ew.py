@@ -1,4 +1,4 @@
-"""Equal weighting (EW): the plain sum of the task losses, lambda_k = 1 (SPEC.md §5)."""
+"""Equal weighting (EW): the plain sum of the task losses, lambda_k = 1 (docs/weighting.md#ew)."""
 from __future__ import annotations
 
 import torch

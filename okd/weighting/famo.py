@@ -1,4 +1,4 @@
-"""FAMO (Liu et al., NeurIPS 2023): adaptive task weights from the losses only (ZOO.md §8)."""
+"""FAMO (Liu et al., NeurIPS 2023): adaptive task weights from the losses only (docs/weighting.md#famo)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -18,7 +18,7 @@ class FAMO(LossWeighting):
 
     * step: backpropagate ``sum_k z_k log D_k / c`` with ``c = sum_k z_k / D_k`` (detached),
       i.e. the effective weights on grad L_k are ``lambda_k = (z_k / D_k) / c`` (they sum to 1);
-      heads are lambda-weighted too, as in the reference (ZOO.md §0);
+      heads are lambda-weighted too, as in the reference (docs/weighting.md#heads);
     * post-step: with the losses ``L'`` after ``optimizer.step()`` on the same batch,
       ``delta_k = log D_k(theta_t) - log D_k(theta_{t+1})``, ``xi.grad = J_softmax^T delta =
       z * (delta - z . delta)`` and one Adam step on xi (lr ``w_lr``, L2 weight decay ``gamma``

@@ -1,4 +1,4 @@
-"""GLS (Chennupati et al., CVPR-W 2019): the geometric mean of the task losses (ZOO.md §11)."""
+"""GLS (Chennupati et al., CVPR-W 2019): the geometric mean of the task losses (docs/weighting.md#gls)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""GradDrop: gradient sign dropout (ZOO.md §3).
+"""GradDrop: gradient sign dropout (docs/weighting.md#graddrop).
 
 Chen, Ngiam, Huang, Luong, Kretzschmar, Chai, Anguelov, "Just Pick a Sign: Optimizing Deep
 Multitask Models with Gradient Sign Dropout", NeurIPS 2020, arXiv 2010.06808.
@@ -59,7 +59,7 @@ class GradDrop(GradientWeighting):
     elementwise on the device, no host sync.
 
     ``level: parameters`` is the variant of the CAGrad and Auto-Lambda repos
-    (``graddrop_param`` in ZOO.md): the same masks on the flattened per-task gradients of the
+    (docs/weighting.md#graddrop): the same masks on the flattened per-task gradients of the
     shared parameters, with S_k = g_k (no sign(A), no batch) and d = sum_k coef_k g_k (their mean
     times K). It does not need the representation.
 

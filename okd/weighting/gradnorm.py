@@ -1,4 +1,4 @@
-"""GradNorm (SPEC.md §5).
+"""GradNorm (docs/weighting.md#gradnorm).
 
 Chen, Badrinarayanan, Lee, Rabinovich, "GradNorm: Gradient Normalization for Adaptive Loss
 Balancing in Deep Multitask Networks", ICML 2018, Eqs. (1)-(2) and Algorithm 1.

@@ -6,9 +6,9 @@ behaviour needs a variation, built here from the same pieces and without a secon
 
 * per-task gradients of the heads kept apart, so they can be weighted (MGDA ``original``);
 * per-task gradients of the shared representation Z, ``z_k = dL_k/dZ`` (MGDA-UB, IMTL on
-  features, GradDrop; ZOO.md §0): one autograd pass per task through the heads only, after which
+  features, GradDrop; docs/weighting.md#representation-level): one autograd pass per task through the heads only, after which
   one ``Z.backward(combined)`` carries the combination through the encoder;
-* a seeded random generator owned by a method, saved in its checkpoint (ZOO.md §0, §15).
+* a seeded random generator owned by a method, saved in its checkpoint (docs/weighting.md#randomness).
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def weighted_sum(weights: Tensor, rows: Tensor) -> Tensor:
 class OwnedGenerator:
     """A seeded ``torch.Generator`` owned by one method, created lazily on the device it draws on.
 
-    Identical seeds give identical draws on every DDP rank (ZOO.md §15). :meth:`state` and
+    Identical seeds give identical draws on every DDP rank (docs/weighting.md#distributed-training). :meth:`state` and
     :meth:`load` carry the generator through a checkpoint; a state saved on one device type
     restores on the same type (CPU and CUDA generators have different state formats).
     """

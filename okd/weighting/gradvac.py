@@ -1,4 +1,4 @@
-"""GradVac: gradient vaccine (ZOO.md §4).
+"""GradVac: gradient vaccine (docs/weighting.md#gradvac).
 
 Wang, Tsvetkov, Firat, Cao, "Gradient Vaccine: Investigating and Improving Multi-task
 Optimization in Massively Multilingual Models", ICLR 2021, arXiv 2010.05874.
@@ -15,7 +15,7 @@ from okd.weighting.gradtools import OwnedGenerator, random_orders, weighted_sum
 from okd.weighting.solvers import gram
 
 GROUP_TYPES = ("whole", "tensor")
-#: phi_hat is kept inside (-1, 1) where used: sqrt(1 - phi_hat^2) is a divisor (ZOO.md §4).
+#: phi_hat is kept inside (-1, 1) where used: sqrt(1 - phi_hat^2) is a divisor (docs/weighting.md#gradvac).
 _PHI_BOUND = 1.0 - 1e-6
 
 

@@ -1,4 +1,4 @@
-"""IMTL: impartial multi-task learning (IMTL-G, IMTL-L and the hybrid) (ZOO.md §5).
+"""IMTL: impartial multi-task learning (IMTL-G, IMTL-L and the hybrid) (docs/weighting.md#imtl).
 
 Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang, "Towards Impartial Multi-task Learning",
 ICLR 2021 (OpenReview IMPnRXEWpvr).

@@ -1,4 +1,4 @@
-"""MGDA and MGDA-UB (ZOO.md §1).
+"""MGDA and MGDA-UB (docs/weighting.md#mgda).
 
 Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018,
 arXiv 1810.04650. Official code: isl-org/MultiObjectiveOptimization.

@@ -1,4 +1,4 @@
-"""Nash-MTL (Navon et al., ICML 2022): weights from the Nash bargaining solution (ZOO.md §7)."""
+"""Nash-MTL (Navon et al., ICML 2022): weights from the Nash bargaining solution (docs/weighting.md#nashmtl)."""
 from __future__ import annotations
 
 import math
@@ -32,7 +32,7 @@ class NashMTL(GradientWeighting):
 
         alpha_k (g_k . d) = 1 for every k,  i.e.  (M alpha)_k = 1 / alpha_k,  M = G G^T.
 
-    Solver (ZOO.md §7): the paper approximates this system by a sequence of convex problems (CCP,
+    Solver (docs/weighting.md#nashmtl): the paper approximates this system by a sequence of convex problems (CCP,
     solved with cvxpy in the official code). alpha is also the unique minimiser of the strictly
     convex ``f(a) = 1/2 a^T M a - sum_k log a_k`` on a > 0 (gradient ``M a - 1/a``), so we run
     damped Newton on f -- each Newton step minimises a local convex (quadratic) model of f, and the
@@ -152,7 +152,7 @@ class NashMTL(GradientWeighting):
 def solve_nash_system(
     gram: Tensor, alpha0: Tensor, max_iter: int = 20, tol: float = 1e-6
 ) -> tuple[Tensor, bool]:
-    """Solve ``M a = 1/a``, a > 0: damped Newton on ``f(a) = 1/2 a^T M a - sum log a`` (ZOO §7).
+    """Solve ``M a = 1/a``, a > 0: damped Newton on ``f(a) = 1/2 a^T M a - sum log a``.
 
     Newton step ``s = H^-1 (M a - 1/a)`` with ``H = M + diag(1/a^2)`` (positive definite for
     a > 0 even when M is singular), halved until ``a - t s > 0`` and Armijo's condition hold.

@@ -1,4 +1,4 @@
-"""Online task weighting (OTW) (SPEC.md §1.4).
+"""Online task weighting (OTW) (docs/okd.md#online-task-weighting-otw).
 
 Jacob, Agarwal, Stenger, "Online Knowledge Distillation for Multi-task Learning", WACV 2023,
 Sec. 3.3 (online task weighting): tasks on which the multi-task student lags its single-task
@@ -23,7 +23,7 @@ class OTW(LossWeighting):
     weights are constant within an epoch:
 
     * first epoch: lambda_k = 1;
-    * ``variant: v2`` (the paper, SPEC.md §1.4): r_k = Lbar_k(e-1) / Tbar_k(e-1), with
+    * ``variant: v2`` (the paper, docs/weighting.md#otw): r_k = Lbar_k(e-1) / Tbar_k(e-1), with
       r_k = min(r_k, 1) in the second epoch;
     * ``variant: v1`` (an earlier release): r_k = min(Lbar_k(e-1) / Tbar_k(e-1), 1)
       + Lbar_k(e-1) / Lbar_k(e-2), the second term only from the third epoch on;
@@ -95,7 +95,7 @@ class OTW(LossWeighting):
         return r if first else r + student / previous
 
     def otw_weights(self, r: Tensor) -> Tensor:
-        """lambda = K g(exp(r/T)) / sum_j g(exp(r_j/T)) (SPEC.md §1.4)."""
+        """lambda = K g(exp(r/T)) / sum_j g(exp(r_j/T)) (docs/weighting.md#otw)."""
         k = r.numel()
         z = r.double() / self.temperature
         if self.clamp is None:

@@ -1,4 +1,4 @@
-"""PCGrad: projecting conflicting gradients (ZOO.md §2).
+"""PCGrad: projecting conflicting gradients (docs/weighting.md#pcgrad).
 
 Yu, Kumar, Gupta, Levine, Hausman, Finn, "Gradient Surgery for Multi-Task Learning",
 NeurIPS 2020, arXiv 2001.06782. Official code: tianheyu927/PCGrad (TensorFlow).
@@ -20,7 +20,7 @@ def pcgrad_coefficients(matrix: Tensor, orders: Sequence[Sequence[int]], eps: fl
 
     Yu et al. 2020, Algorithm 1 / Eq. (1): for j in ``orders[i]``, if g_i' . g_j < 0 then
     g_i' <- g_i' - (g_i' . g_j / ||g_j||^2) g_j, against the *original* g_j. In coefficient form
-    (ZOO.md §2) g_i' . g_j = (C M)_ij and ||g_j||^2 = M_jj. The test ``dot < 0`` is written as
+    (docs/weighting.md#pcgrad) g_i' . g_j = (C M)_ij and ||g_j||^2 = M_jj. The test ``dot < 0`` is written as
     ``min(dot, 0)`` so that nothing is read back to the host (no device sync).
     """
     k = matrix.shape[0]
@@ -40,7 +40,7 @@ class PCGrad(GradientWeighting):
     d = sum_i g_i' (``reduction: sum``; official code, LibMTL, Nash-MTL repo) or its mean
     (``mean``; the CAGrad repo before its x K). Scale: the sum equals EW's when nothing conflicts.
 
-    Computed in Gram form (ZOO.md §2): C = I, g_i' = sum_j C_ij g_j, d = G^T (C^T 1), O(K^3) on
+    Computed in Gram form (docs/weighting.md#pcgrad): C = I, g_i' = sum_j C_ij g_j, d = G^T (C^T 1), O(K^3) on
     the K x K Gram matrix (float64, on the gradients' device, without host syncs). The returned
     weights are the effective coefficients C^T 1 (/ K for ``mean``) on the raw gradients.
 

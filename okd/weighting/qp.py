@@ -1,4 +1,4 @@
-"""Bound-constrained quadratic programs on K x K Gram matrices (UPGrad, ZOO.md §12).
+"""Bound-constrained quadratic programs on K x K Gram matrices (UPGrad, docs/weighting.md#upgrad).
 
 * :func:`nonnegative_qp` -- exact active-set solver of ``min_{s >= 0} 1/2 s^T Q s + c^T s``;
 * :func:`min_quadratic_above` -- ``argmin_v v^T M v`` subject to ``v >= lower`` (UPGrad's QP).
@@ -78,7 +78,7 @@ def min_quadratic_above(m: Tensor, lower: Tensor, tol: float = 1e-12) -> Tensor:
     """``argmin_v v^T M v`` subject to ``v >= lower`` (elementwise), M symmetric PSD.
 
     With ``v = lower + s, s >= 0`` the objective is ``s^T M s + 2 (M lower)^T s + const``, i.e.
-    :func:`nonnegative_qp` with ``Q = M`` and ``c = M lower`` (the substitution of ZOO.md §12).
+    :func:`nonnegative_qp` with ``Q = M`` and ``c = M lower`` (the substitution of docs/weighting.md#upgrad).
     Returns a float64 CPU tensor.
     """
     m, lower = _check_qp(m, lower)

@@ -1,4 +1,4 @@
-"""Random loss weighting (RLW) (SPEC.md §5).
+"""Random loss weighting (RLW) (docs/weighting.md#rlw).
 
 Lin, Ye, Zhang, Tsang, "Reasonable Effectiveness of Random Weighting: A Litmus Test for
 Multi-Task Learning", TMLR 2022 (arXiv 2111.10603), Sec. 3: at every step

@@ -1,6 +1,6 @@
 """Small solvers on K x K Gram matrices, shared by the gradient-weighting methods.
 
-Every function here works on the Gram matrix M = G G^T of the K per-task gradients (ZOO.md §0),
+Every function here works on the Gram matrix M = G G^T of the K per-task gradients (docs/weighting.md#conventions),
 never on G itself, so the cost is independent of the number of parameters. The iterative solvers
 run on a float64 CPU copy of M (numpy inside): moving a K x K matrix to the host is one tiny
 transfer per step, and the K-sized inner loops are far cheaper on the host than as K-sized kernel

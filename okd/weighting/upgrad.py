@@ -1,4 +1,4 @@
-"""UPGrad (Quinton & Rey, 2024): mean of the projections onto the dual cone (ZOO.md §12)."""
+"""UPGrad (Quinton & Rey, 2024): mean of the projections onto the dual cone (docs/weighting.md#upgrad)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,4 +1,4 @@
-"""Uncertainty weighting (UW) (SPEC.md §5).
+"""Uncertainty weighting (UW) (docs/weighting.md#uw).
 
 Kendall, Gal, Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene Geometry
 and Semantics", CVPR 2018, Eqs. (7) and (10).
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from okd.weighting.base import LossWeighting
 
-#: form -> default initial s = log sigma^2 (SPEC.md §5).
+#: form -> default initial s = log sigma^2 (docs/weighting.md#uw).
 _DEFAULT_INIT = {"kendall": 0.0, "halved": -0.5}
 
 

@@ -1,4 +1,4 @@
-"""AFD (okd/kd/afd.py) against SPEC.md §1.3 on hand-built tensors."""
+"""AFD (okd/kd/afd.py) against docs/okd.md#adaptive-feature-distillation-afd on hand-built tensors."""
 from __future__ import annotations
 
 import math
@@ -64,7 +64,7 @@ def test_map_loss_matches_the_formula_with_adaptors_gates_and_task_weights():
 
 
 def test_unit_vectors_give_one_minus_two_sigma_cos_plus_sigma_squared():
-    """The "adaptive" reading of SPEC.md §1.3: per pixel 1 - 2 sigma cos(theta) + sigma^2."""
+    """The "adaptive" reading of docs/okd.md#adaptive-feature-distillation-afd: per pixel 1 - 2 sigma cos(theta) + sigma^2."""
     theta, sigma = 0.7, 0.3
     s = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
     t = torch.tensor([math.cos(theta), math.sin(theta)]).view(1, 2, 1, 1) * 5.0  # scale is normalised away

@@ -41,7 +41,7 @@ def test_kdmtl_trains_with_frozen_teachers_one_pass_each(tmp_path, teachers):
     trainer, ctx = build(_kdmtl(teachers), tmp_path)
     trainer.setup(ctx)
     kd = ctx.distiller
-    assert kd.afd.stages == ["bottleneck", "decoder"] and kd.afd.gates is None  # SPEC.md §4 for SegNet
+    assert kd.afd.stages == ["bottleneck", "decoder"] and kd.afd.gates is None  # docs/okd.md#kd-mtl for SegNet
     saved = torch.load(teachers / "depth" / "checkpoints" / "best.pt", weights_only=False)["model"]
     assert all(torch.equal(v, kd.frozen_teachers["depth"].state_dict()[k]) for k, v in saved.items())
     calls = {"student": 0, **{t: 0 for t in TASKS}}

@@ -1,4 +1,4 @@
-"""OTW (okd/weighting/otw.py) against SPEC.md §1.4 with hand-computed weights."""
+"""OTW (okd/weighting/otw.py) against docs/okd.md#online-task-weighting-otw with hand-computed weights."""
 from __future__ import annotations
 
 import math

@@ -85,7 +85,7 @@ def test_aspp_head_is_deeplabv3s():
     full = ASPPHead(2048, 13)
     assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in DeepLabHead(2048, 13).parameters())
     projection = full[0].project[0][0]
-    assert (projection.in_channels, projection.out_channels) == (1280, 256)  # SPEC.md §1.1
+    assert (projection.in_channels, projection.out_channels) == (1280, 256)  # docs/okd.md#networks
     assert [b[0].dilation[0] for b in full[0].branches[1:4]] == [12, 24, 36]
 
 

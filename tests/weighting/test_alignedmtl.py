@@ -1,4 +1,4 @@
-"""Aligned-MTL(-UB): B G has orthogonal rows of equal norm; ZOO.md §9 hand values; the UB path."""
+"""Aligned-MTL(-UB): B G has orthogonal rows of equal norm; docs/weighting.md#alignedmtl hand values; the UB path."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""CAGrad (okd/weighting/cagrad.py): ZOO.md §6 hand cases, the primal properties, the toy."""
+"""CAGrad (okd/weighting/cagrad.py): docs/weighting.md#cagrad hand cases, the primal properties, the toy."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""DB-MTL: EMA of log-loss gradients rescaled to the largest norm (ZOO.md §10 hand values)."""
+"""DB-MTL: EMA of log-loss gradients rescaled to the largest norm (docs/weighting.md#dbmtl hand values)."""
 from __future__ import annotations
 
 import math

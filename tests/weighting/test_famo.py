@@ -1,4 +1,4 @@
-"""FAMO: step weights, the post-step Adam update on xi (ZOO.md §8 hand values), fallback, state."""
+"""FAMO: step weights, the post-step Adam update on xi (docs/weighting.md#famo hand values), fallback, state."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""GLS: geometric mean of the losses; effective weights L / (K l_k) (ZOO.md §11 hand values)."""
+"""GLS: geometric mean of the losses; effective weights L / (K l_k) (docs/weighting.md#gls hand values)."""
 from __future__ import annotations
 
 import pytest

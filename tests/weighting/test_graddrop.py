@@ -1,4 +1,4 @@
-"""GradDrop (okd/weighting/graddrop.py): ZOO.md §3 hand case, sign statistics and the 3-task toy."""
+"""GradDrop (okd/weighting/graddrop.py): docs/weighting.md#graddrop hand case, sign statistics and the 3-task toy."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +12,7 @@ def t64(x) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
 
 
-# ZOO §3: B = 1, A = (1, -1), z1 = (3, 2), z2 = (-1, 2) -> S1 = (3, -2), S2 = (-1, -2), P = (0.75, 0).
+# docs/weighting.md#graddrop: B = 1, A = (1, -1), z1 = (3, 2), z2 = (-1, 2) -> S1 = (3, -2), S2 = (-1, -2), P = (0.75, 0).
 A = t64([[1.0, -1.0]])
 Z = t64([[[3.0, 2.0]], [[-1.0, 2.0]]])
 

@@ -1,4 +1,4 @@
-"""GradVac (okd/weighting/gradvac.py): ZOO.md §4 hand cases, a vector-form reference, the toy."""
+"""GradVac (okd/weighting/gradvac.py): docs/weighting.md#gradvac hand cases, a vector-form reference, the toy."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""IMTL (okd/weighting/imtl.py): ZOO.md §5 hand cases, equal projections, the three modes."""
+"""IMTL (okd/weighting/imtl.py): docs/weighting.md#imtl hand cases, equal projections, the three modes."""
 from __future__ import annotations
 
 import math

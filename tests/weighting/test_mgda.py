@@ -1,4 +1,4 @@
-"""MGDA / MGDA-UB (okd/weighting/mgda.py): ZOO.md §1 hand cases, KKT, and the 3-task toy."""
+"""MGDA / MGDA-UB (okd/weighting/mgda.py): docs/weighting.md#mgda hand cases, KKT, and the 3-task toy."""
 from __future__ import annotations
 
 import pytest

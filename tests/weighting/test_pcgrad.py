@@ -1,4 +1,4 @@
-"""PCGrad (okd/weighting/pcgrad.py): ZOO.md §2 hand cases, properties and the 3-task toy."""
+"""PCGrad (okd/weighting/pcgrad.py): docs/weighting.md#pcgrad hand cases, properties and the 3-task toy."""
 from __future__ import annotations
 
 import pytest

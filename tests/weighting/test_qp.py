@@ -63,7 +63,7 @@ def test_singular_matrix_is_allowed():
 
 
 def test_min_quadratic_above_projection_case():
-    # ZOO.md §12: M of g = (1,0), (-1,1); lower bound (1/2, 0) -> v = (1/2, 1/4).
+    # docs/weighting.md#upgrad: M of g = (1,0), (-1,1); lower bound (1/2, 0) -> v = (1/2, 1/4).
     m = t([1.0, -1.0], [-1.0, 2.0])
     torch.testing.assert_close(min_quadratic_above(m, t(0.5, 0.0)), t(0.5, 0.25))
     torch.testing.assert_close(min_quadratic_above(m, t(0.0, 0.5)), t(0.5, 0.5))

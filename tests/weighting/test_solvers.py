@@ -94,7 +94,7 @@ def test_min_norm_element_reference_clamps_within_1e3():
 
 
 def test_min_norm_element_kkt_on_random_gram():
-    """g_k . d >= ||d||^2 for all k, equality where w_k > 0 (d = G^T w, ZOO §1)."""
+    """g_k . d >= ||d||^2 for all k, equality where w_k > 0 (d = G^T w, docs/weighting.md#mgda)."""
     gen = torch.Generator().manual_seed(1)
     for _ in range(30):
         k = int(torch.randint(3, 7, (1,), generator=gen))

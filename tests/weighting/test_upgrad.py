@@ -1,4 +1,4 @@
-"""UPGrad: projections onto the dual cone {x : G x >= 0}, mean; ZOO.md §12 hand values."""
+"""UPGrad: projections onto the dual cone {x : G x >= 0}, mean; docs/weighting.md#upgrad hand values."""
 from __future__ import annotations
 
 import pytest
