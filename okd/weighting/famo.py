@@ -39,7 +39,7 @@ class FAMO(LossWeighting):
     State (all in ``state_dict``): xi, the Adam moments and step count, l* and the previous losses.
     Nothing in the step syncs with the host. The official standalone class also clips the shared
     gradient to norm 1; the published dense-prediction runs were effectively unclipped and LibMTL
-    does not clip, so no clipping here (use the trainer's gradient clipping if wanted).
+    does not clip, so no clipping here (and the trainer has no gradient-clipping option).
     """
 
     def __init__(
