@@ -693,7 +693,7 @@ class Trainer:
         tail = history[-n:]
         keys = [k for k in tail[-1] if _is_metric(k)]
         out = {"last": {"epoch": history[-1]["epoch"], "split": report, "metrics": _pick(history[-1])}}
-        out["last_n_mean"] = {"epochs": [r["epoch"] for r in tail], "split": report,
+        out["last_n_mean"] = {"epochs": [r["epoch"] for r in tail], "last_n": n, "split": report,
                               "metrics": {k: sum(r[k] for r in tail) / len(tail) for k in keys}}
         if self.best is not None:
             best_row = next(r for r in history if r["epoch"] == self.best["epoch"])
@@ -763,6 +763,7 @@ class Trainer:
             "num_parameters": ctx.model.num_parameters(),
             "select_split": ctx.data.select_split,
             "report_split": ctx.data.report_split,
+            "depth_unit": ctx.data.info.get("depth_unit"),  # okd.report labels depth numbers with it
             "final": {s: dict(r) for s, r in last.items()},
             "best": self.best,
             "skipped_steps": self.skipped_steps,
