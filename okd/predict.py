@@ -13,9 +13,12 @@ input ``<name>``:
   ``segmentation`` (HxW int32 class ids), ``depth`` (HxW float32, the dataset's unit),
   ``normal`` (3xHxW float32 unit vectors);
 * ``<name>.png``: a panel ``input | segmentation | depth | normal`` (the model's tasks only), a
-  second row with the ground truth when the input has targets, and a class legend when class
-  names are given. Layout: a header strip of :data:`HEADER` pixels, cells of the input's size
-  separated by :data:`GAP` pixels of white, one :data:`LEGEND_LINE`-pixel line per class shown.
+  second row with the ground truth when the input has targets, a colour bar for depth (in the
+  dataset's unit, e.g. metres, with the range shown) and a class legend when class names are given.
+  Layout (:func:`panel_layout`): column titles over cells of the input's size, enlarged by a whole
+  factor (nearest neighbour) where the image is narrower than :data:`MIN_CELL` pixels, separated by
+  :data:`GAP` pixels of white; text is drawn with matplotlib at :data:`FONT_MIN` pixels or more
+  (the cell width / 15), titles wrapped rather than cut, so they stay readable at any image size.
 
 :func:`predict` yields the arrays without writing them; :func:`prediction_panels` returns the
 panels as PIL images (e.g. a few fixed images logged to W&B at evaluation time).
@@ -26,8 +29,8 @@ Colours (fixed, so pictures of different runs compare):
   index spread over the high bits of R, G and B: 0 -> (128, 0, 0), 1 -> (0, 128, 0),
   2 -> (128, 128, 0), 3 -> (0, 0, 128), ...); VOC entry 0 (black) is kept for ignored pixels;
 * depth: matplotlib's ``viridis`` (near = dark blue, far = yellow) over one range shared by the
-  prediction and the ground truth of the same input (printed in the header);
-* normals: RGB = (n + 1) / 2 per component;
+  prediction and the ground truth of the same input (the colour bar under the depth column);
+* normals: RGB = (n + 1) / 2 per component (the column's title says so);
 * ground-truth pixels without a target (label -1, depth 0, normal all zero) are black.
 """
 from __future__ import annotations
@@ -48,11 +51,15 @@ if TYPE_CHECKING:
     import PIL.Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-HEADER = 14       # px: column titles
-GAP = 2           # px: white border between cells
-LEGEND_LINE = 12  # px: one class per line
+GAP = 2            # px: white border between cells
+MIN_CELL = 192     # px: narrower images are enlarged by a whole factor (nearest neighbour) in the panel
+FONT_MIN, FONT_MAX = 12, 32  # px: text height, the cell width / 15 in between (readable at any size)
+LINE_SPACING = 1.25
+DPI = 100          # the panel's text is laid out in pixels: points = pixels * 72 / DPI
 DEPTH_COLORMAP = "viridis"
-_BACKGROUND = 255
+#: the dataset's ``depth_unit`` (okd/data: ``info``) -> the unit in the panel's depth title and colour bar
+DEPTH_UNITS = {"metres": "m", "meters": "m", "m": "m", "disparity": "disparity"}
+NORMAL_TITLE = "normal: RGB = (n + 1) / 2"
 
 
 @dataclass
@@ -175,11 +182,12 @@ def _unique_names(files: Sequence[Path]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 def write_predictions(model: torch.nn.Module, tasks: Sequence, inputs: Sequence[PredictInput],
                       out_dir: str | Path, device: str | torch.device, batch_size: int = 8,
-                      class_names: Sequence[str] | None = None) -> list[Path]:
+                      class_names: Sequence[str] | None = None, depth_unit: str | None = None) -> list[Path]:
     """Predict every input and write ``<name>.npz`` and ``<name>.png`` into ``out_dir``.
 
     ``tasks``: the tasks to predict (Task objects or names), each one the model predicts. The model
-    is moved to ``device`` and put in eval mode. Inputs are batched by image size; each batch's
+    is moved to ``device`` and put in eval mode. ``class_names`` label the segmentation legend and
+    ``depth_unit`` (the dataset's, e.g. ``metres``) the depth title and colour bar. Inputs are batched by image size; each batch's
     files are written before the next batch runs, so memory stays flat on long splits. Returns the
     written paths in input order (npz, png, npz, png, ...).
     """
@@ -191,17 +199,18 @@ def write_predictions(model: torch.nn.Module, tasks: Sequence, inputs: Sequence[
     names = _task_names(model, tasks)
     written: dict[str, list[Path]] = {}
     for item, pred in predict(model, names, inputs, device, batch_size):
-        written[item.name] = _write_one(item, pred, names, out_dir, class_names)
+        written[item.name] = _write_one(item, pred, names, out_dir, class_names, depth_unit)
     return [p for item in inputs for p in written[item.name]]
 
 
 def prediction_panels(model: torch.nn.Module, tasks: Sequence, inputs: Sequence[PredictInput],
-                      device: str | torch.device, batch_size: int = 8,
-                      class_names: Sequence[str] | None = None) -> list[tuple[str, "PIL.Image.Image"]]:
+                      device: str | torch.device, batch_size: int = 8, class_names: Sequence[str] | None = None,
+                      depth_unit: str | None = None) -> list[tuple[str, "PIL.Image.Image"]]:
     """``(name, PIL image)`` panels without writing files (e.g. a few fixed images for W&B)."""
     names = _task_names(model, tasks)
     return [(item.name, render_panel(item.shown_image, pred, names,
-                                     _target_arrays(item.targets, names) if item.targets else None, class_names))
+                                     _target_arrays(item.targets, names) if item.targets else None, class_names,
+                                     depth_unit))
             for item, pred in predict(model, names, inputs, device, batch_size)]
 
 
@@ -274,12 +283,12 @@ def _to_output(task: str, raw: Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 def _write_one(item: PredictInput, pred: Mapping[str, np.ndarray], names: Sequence[str], out_dir: Path,
-               class_names: Sequence[str] | None) -> list[Path]:
+               class_names: Sequence[str] | None, depth_unit: str | None = None) -> list[Path]:
     npz = out_dir / f"{item.name}.npz"
     np.savez_compressed(npz, image=item.shown_image.float().cpu().numpy().astype(np.float32), **pred)
     png = out_dir / f"{item.name}.png"
     targets = _target_arrays(item.targets, names) if item.targets else None
-    render_panel(item.shown_image, pred, names, targets, class_names).save(png)
+    render_panel(item.shown_image, pred, names, targets, class_names, depth_unit).save(png)
     return [npz, png]
 
 
@@ -356,38 +365,177 @@ def depth_range(pred: np.ndarray, target: np.ndarray | None) -> tuple[float, flo
     return float(finite.min()), float(finite.max())
 
 
+def depth_label(depth_unit: str | None) -> str:
+    """``depth (m)`` for metres, ``depth (disparity)`` for inverse depth, ``depth`` when unknown."""
+    if not depth_unit:
+        return "depth"
+    return f"depth ({DEPTH_UNITS.get(str(depth_unit), str(depth_unit))})"
+
+
+def _titles(names: Sequence[str], depth_unit: str | None) -> list[str]:
+    titles = ["input"]
+    for name in names:
+        titles.append(depth_label(depth_unit) if name == "depth"
+                      else NORMAL_TITLE if name == "normal" else name)
+    return titles
+
+
+@dataclass
+class PanelLayout:
+    """Pixel geometry of a panel (top-left origin).
+
+    Cells are the image's size times ``scale`` (a whole factor, nearest neighbour, so that a cell
+    is at least :data:`MIN_CELL` pixels wide and its title fits at a readable size), separated by
+    :data:`GAP` pixels. Below the rows: the depth colour bar (under the depth column) and the
+    class legend (``legend_cols`` columns of ``legend_line``-pixel lines).
+    """
+
+    image_size: tuple[int, int]
+    scale: int
+    ncols: int
+    nrows: int
+    font: int                  # px: text height (font size at :data:`DPI`)
+    titles: list[str]          # one per column, possibly over several lines
+    header: int                # px: the title strip
+    colorbar: int              # px: the strip with the depth colour bar (0 without depth)
+    legend: list[tuple[int, str]]
+    legend_cols: int
+    legend_line: int
+
+    @property
+    def cell_size(self) -> tuple[int, int]:
+        return self.image_size[0] * self.scale, self.image_size[1] * self.scale
+
+    @property
+    def width(self) -> int:
+        return self.ncols * self.cell_size[1] + (self.ncols + 1) * GAP
+
+    @property
+    def legend_top(self) -> int:
+        return self.header + self.nrows * (self.cell_size[0] + GAP) + GAP + self.colorbar
+
+    @property
+    def height(self) -> int:
+        rows = -(-len(self.legend) // self.legend_cols) if self.legend else 0
+        return self.legend_top + rows * self.legend_line + (GAP if self.legend else 0)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as PIL reports it."""
+        return self.width, self.height
+
+    def cell(self, row: int, col: int) -> tuple[int, int]:
+        """(top, left) pixel of a cell."""
+        h, w = self.cell_size
+        return self.header + GAP + row * (h + GAP), GAP + col * (w + GAP)
+
+    def legend_entry(self, index: int) -> tuple[int, int, int]:
+        """(top, left, width) of the legend entry ``index`` (filled row by row)."""
+        col_width = (self.width - GAP) // self.legend_cols
+        row, col = divmod(index, self.legend_cols)
+        return self.legend_top + row * self.legend_line, GAP + col * col_width, col_width
+
+
+def panel_layout(image_size: tuple[int, int], names: Sequence[str], ground_truth: bool = False,
+                 legend: Sequence[tuple[int, str]] = (), depth_unit: str | None = None) -> PanelLayout:
+    """The geometry of the panel of one input (see :class:`PanelLayout`); titles wrapped to fit."""
+    h, w = int(image_size[0]), int(image_size[1])
+    scale = max(1, -(-MIN_CELL // w))
+    cell_w = w * scale
+    font = int(min(FONT_MAX, max(FONT_MIN, cell_w // 15)))
+    titles = [_fit_text(t, font, cell_w - 4) for t in _titles(names, depth_unit)]
+    line = round(font * LINE_SPACING)
+    header = max(t.count("\n") + 1 for t in titles) * line + font // 2
+    colorbar = (font + 3 * line + font // 2) if "depth" in names else 0
+    legend = list(legend)
+    ncols = 1 + len(names)
+    width = ncols * cell_w + (ncols + 1) * GAP
+    entry = max((_text_width(f"{c}: {n}", font) for c, n in legend), default=0) + 2.5 * font
+    legend_cols = max(1, min(len(legend), int((width - GAP) // max(entry, 1)))) if legend else 1
+    return PanelLayout((h, w), scale, ncols, 1 + int(ground_truth), font, titles, header, colorbar, legend,
+                       legend_cols, round(font * 1.5))
+
+
 def render_panel(image: Tensor, pred: Mapping[str, np.ndarray], names: Sequence[str],
                  targets: Mapping[str, np.ndarray] | None = None,
-                 class_names: Sequence[str] | None = None):
-    """The PNG panel as a PIL image (layout in the module docstring)."""
-    from PIL import Image, ImageDraw
+                 class_names: Sequence[str] | None = None, depth_unit: str | None = None):
+    """The PNG panel as a PIL image (layout: :class:`PanelLayout`; text drawn by matplotlib)."""
+    from PIL import Image
 
-    h, w = image.shape[-2:]
+    layout = panel_layout(image.shape[-2:], names, bool(targets),
+                          _legend_classes(pred, targets, names, class_names), depth_unit)
+    depth = depth_range(pred["depth"], (targets or {}).get("depth")) if "depth" in names else None
+    fig = panel_figure(layout, names, depth, depth_unit)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[:layout.height, :layout.width, :3].copy()
     rows = [[image_to_rgb(image)] + _task_cells(pred, names, targets, ground_truth=False)]
     if targets:
-        rows.append([np.zeros((h, w, 3), np.uint8)] + _task_cells(pred, names, targets, ground_truth=True))
-    classes = _legend_classes(pred, targets, names, class_names)
-    ncols = len(rows[0])
-    width = ncols * w + (ncols + 1) * GAP
-    height = HEADER + len(rows) * h + (len(rows) + 1) * GAP + LEGEND_LINE * len(classes)
-    canvas = np.full((height, width, 3), _BACKGROUND, np.uint8)
+        rows.append([None] + _task_cells(pred, names, targets, ground_truth=True))
+    ch, cw = layout.cell_size
     for r, cells in enumerate(rows):
-        top = HEADER + GAP + r * (h + GAP)
         for c, cell in enumerate(cells):
-            left = GAP + c * (w + GAP)
-            canvas[top:top + h, left:left + w] = cell
-    panel = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(panel)
-    for c, title in enumerate(_titles(pred, names, targets)):
-        draw.text((GAP + c * (w + GAP), 1), _fit(draw, title, w), fill=(0, 0, 0))
-    if targets:
-        draw.text((GAP + 2, HEADER + GAP + h + GAP + 2), _fit(draw, "ground truth", w - 4), fill=(255, 255, 255))
-    legend_top = HEADER + len(rows) * (h + GAP) + GAP
-    for i, (cls, label) in enumerate(classes):
-        y = legend_top + i * LEGEND_LINE
-        draw.rectangle([GAP, y + 1, GAP + 9, y + 10], fill=tuple(int(v) for v in _PALETTE[cls + 1]))
-        draw.text((GAP + 14, y), _fit(draw, f"{cls}: {label}", width - GAP - 16), fill=(0, 0, 0))
-    return panel
+            if cell is None:  # the ground-truth row's first cell holds its label
+                continue
+            top, left = layout.cell(r, c)
+            rgb[top:top + ch, left:left + cw] = cell.repeat(layout.scale, 0).repeat(layout.scale, 1)
+    swatch = layout.font
+    for i, (cls, _) in enumerate(layout.legend):
+        top, left, _ = layout.legend_entry(i)
+        y = top + (layout.legend_line - swatch) // 2
+        rgb[y:y + swatch, left:left + swatch] = _PALETTE[cls + 1]
+    return Image.fromarray(rgb)
+
+
+def panel_figure(layout: PanelLayout, names: Sequence[str], depth: tuple[float, float] | None,
+                 depth_unit: str | None = None):
+    """The panel's text and depth colour bar as a matplotlib figure of exactly the panel's pixels
+    (cells and legend swatches are left white: :func:`render_panel` pastes them pixel for pixel)."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import IdentityTransform
+
+    # a hair over the size: the canvas is int(inches * dpi) pixels, and 0.29 * 100 = 28.999...
+    fig = Figure(figsize=((layout.width + 0.01) / DPI, (layout.height + 0.01) / DPI), dpi=DPI, facecolor="white")
+    points = layout.font * 72 / DPI
+    height = layout.height
+
+    def text(x: float, y: float, s: str, **kw):  # pixel coordinates from the top left
+        return fig.text(x, height - y, s, transform=IdentityTransform(), fontsize=points,
+                        linespacing=LINE_SPACING, **kw)
+
+    ch, cw = layout.cell_size
+    for c, title in enumerate(layout.titles):
+        text(GAP + c * (cw + GAP) + cw / 2, layout.font // 4, title, ha="center", va="top")
+    if layout.nrows > 1:
+        top, left = layout.cell(1, 0)
+        text(left + cw / 2, top + ch / 2, "ground truth", ha="center", va="center")
+    if depth is not None and layout.colorbar:
+        col = 1 + list(names).index("depth")
+        left = GAP + col * (cw + GAP) + cw * 0.08
+        bar_top = layout.header + layout.nrows * (ch + GAP) + GAP + layout.font // 2
+        cax = fig.add_axes((left / layout.width, 1 - (bar_top + layout.font) / height,
+                            cw * 0.84 / layout.width, layout.font / height))
+        vmin, vmax = depth
+        # colorize_depth maps a constant depth to the low end: so does a bar of range [vmin, vmin + 1]
+        norm = Normalize(vmin, vmax if vmax > vmin else vmin + 1.0)
+        bar = fig.colorbar(ScalarMappable(norm, colormaps[DEPTH_COLORMAP]), cax=cax,
+                           orientation="horizontal")
+        bar.locator = MaxNLocator(nbins=max(2, int(cw * 0.84 // (4 * layout.font))))
+        bar.update_ticks()
+        cax.tick_params(labelsize=points, length=layout.font / 4 * 72 / DPI, pad=1)
+        bar.set_label(f"{depth_label(depth_unit)}: {vmin:.3g} to {vmax:.3g}", fontsize=points, labelpad=1)
+        bar.outline.set_linewidth(0.5)
+    for i, (cls, label) in enumerate(layout.legend):
+        top, left, width = layout.legend_entry(i)
+        text(left + layout.font * 1.5, top + layout.legend_line / 2, _fit_text(f"{cls}: {label}", layout.font,
+             width - layout.font * 2, wrap=False), ha="left", va="center")
+    return fig
 
 
 def _task_cells(pred: Mapping[str, np.ndarray], names: Sequence[str], targets: Mapping[str, np.ndarray] | None,
@@ -408,17 +556,6 @@ def _task_cells(pred: Mapping[str, np.ndarray], names: Sequence[str], targets: M
     return cells
 
 
-def _titles(pred: Mapping[str, np.ndarray], names: Sequence[str], targets) -> list[str]:
-    titles = ["input"]
-    for name in names:
-        if name == "depth":
-            vmin, vmax = depth_range(pred[name], (targets or {}).get(name))
-            titles.append(f"depth {vmin:.3g}..{vmax:.3g}")
-        else:
-            titles.append(name)
-    return titles
-
-
 def _legend_classes(pred, targets, names, class_names) -> list[tuple[int, str]]:
     if not class_names or "segmentation" not in names:
         return []
@@ -430,13 +567,39 @@ def _legend_classes(pred, targets, names, class_names) -> list[tuple[int, str]]:
             if 0 <= c < len(_PALETTE) - 1]
 
 
-def _fit(draw, text: str, width: int) -> str:
-    """Shorten ``text`` until it fits ``width`` pixels (small images get short titles)."""
-    while text and draw.textlength(text) > width:
-        text = text[:-1]
-    return text
+_MEASURE = None
+
+
+def _text_width(text: str, font: int) -> float:
+    """Width in pixels of one line of ``text`` at ``font`` pixels (matplotlib's default font)."""
+    global _MEASURE
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    if _MEASURE is None:
+        _MEASURE = RendererAgg(8, 8, DPI)
+    width, _, _ = _MEASURE.get_text_width_height_descent(text, FontProperties(size=font * 72 / DPI), ismath=False)
+    return float(width)
+
+
+def _fit_text(text: str, font: int, width: float, wrap: bool = True) -> str:
+    """``text`` broken at spaces into lines that fit ``width`` pixels (a word too long for a line
+    keeps its own line; ``wrap=False``: one line, shortened with an ellipsis only if it cannot fit)."""
+    if _text_width(text, font) <= width:
+        return text
+    if not wrap:
+        while len(text) > 1 and _text_width(text + "…", font) > width:
+            text = text[:-1]
+        return text + "…"
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and _text_width(f"{lines[-1]} {word}", font) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "\n".join(lines)
 
 
 __all__ = ["PredictInput", "collect_inputs", "read_image", "resize_image", "write_predictions", "predict",
-           "prediction_panels", "palette",
+           "prediction_panels", "palette", "panel_layout", "PanelLayout", "depth_label",
            "colorize_segmentation", "colorize_depth", "colorize_normal", "render_panel", "IMAGE_EXTENSIONS"]

@@ -8,12 +8,13 @@ from PIL import Image
 
 from okd.data.synthetic import SyntheticScenes
 from okd.models.segnet import SegNet
-from okd.predict import (GAP, HEADER, LEGEND_LINE, PredictInput, collect_inputs, colorize_depth,
-                         colorize_normal, colorize_segmentation, palette, prediction_panels,
-                         write_predictions)
+from okd.predict import (FONT_MIN, MIN_CELL, PredictInput, collect_inputs, colorize_depth, colorize_normal,
+                         colorize_segmentation, depth_range, palette, panel_figure, panel_layout,
+                         prediction_panels, render_panel, write_predictions)
 from okd.tasks import build_tasks
 
 ALL = ["segmentation", "depth", "normal"]
+GAP_PX = 2  # okd.predict.GAP
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,6 +30,11 @@ def tiny_model(names=ALL, num_classes=6, seed=0):
     torch.manual_seed(seed)
     tasks = build_tasks(names, num_classes if "segmentation" in names else None)
     return SegNet(tasks, width=0.125).eval(), tasks
+
+
+def enlarge(rgb, k):
+    """An HxWx3 picture k times larger, nearest neighbour (as the panel shows small images)."""
+    return np.asarray(rgb).repeat(k, 0).repeat(k, 1)
 
 
 def write_png(path, height, width, seed):
@@ -63,7 +69,13 @@ def test_folder_of_pngs_gives_npz_and_panels_at_the_image_size(tmp_path):
             np.testing.assert_allclose(npz["image"].transpose(1, 2, 0) * 255, pixels[name], atol=1e-3)
         with Image.open(tmp_path / "out" / f"{name}.png") as png:
             # one row (no ground truth), four columns, no legend (no class names given)
-            assert png.size == (4 * w + 5 * GAP, HEADER + h + 2 * GAP)
+            layout = panel_layout((h, w), ALL)
+            assert png.size == layout.size and layout.nrows == 1 and not layout.legend
+            canvas = np.asarray(png.convert("RGB"))
+        top, left = layout.cell(0, 0)  # the input, enlarged by a whole factor (32 px -> 6 x 32 = 192 px)
+        assert layout.scale == -(-MIN_CELL // w)
+        cell = canvas[top:top + layout.cell_size[0], left:left + layout.cell_size[1]]
+        np.testing.assert_array_equal(cell, enlarge(pixels[name], layout.scale))
 
     # the arrays are the model's own output for that image (batching and eval mode change nothing)
     with torch.inference_mode():
@@ -87,17 +99,25 @@ def test_split_inputs_carry_targets_and_the_panel_shows_a_ground_truth_row(tmp_p
         pred_labels = npz["segmentation"]
     gt = data[1]
     shown = set(np.unique(pred_labels)) | set(np.unique(gt["segmentation"].numpy())) - {-1}
+    layout = panel_layout((32, 32), ALL, ground_truth=True, legend=[(c, names[c]) for c in sorted(shown)])
     with Image.open(tmp_path / "val_1.png") as png:
-        assert png.size == (4 * 32 + 5 * GAP, HEADER + 2 * 32 + 3 * GAP + LEGEND_LINE * len(shown))
+        assert png.size == layout.size and layout.nrows == 2 and len(layout.legend) == len(shown)
         canvas = np.asarray(png.convert("RGB"))
-    top, left = HEADER + GAP + 32 + GAP, GAP + 32 + GAP  # second row, segmentation column
-    gt_cell = canvas[top:top + 32, left:left + 32]
-    np.testing.assert_array_equal(gt_cell, colorize_segmentation(gt["segmentation"].numpy()))
-    pred_cell = canvas[HEADER + GAP:HEADER + GAP + 32, left:left + 32]
-    np.testing.assert_array_equal(pred_cell, colorize_segmentation(pred_labels))
+    k, (ch, cw) = layout.scale, layout.cell_size
+    top, left = layout.cell(1, 1)  # second row, segmentation column
+    gt_cell = canvas[top:top + ch, left:left + cw]
+    np.testing.assert_array_equal(gt_cell, enlarge(colorize_segmentation(gt["segmentation"].numpy()), k))
+    ptop, _ = layout.cell(0, 1)
+    np.testing.assert_array_equal(canvas[ptop:ptop + ch, left:left + cw], enlarge(colorize_segmentation(pred_labels), k))
     # ground-truth normals: (n + 1) / 2, black where the target is missing
-    nleft = GAP + 3 * (32 + GAP)
-    np.testing.assert_array_equal(canvas[top:top + 32, nleft:nleft + 32], colorize_normal(gt["normal"].numpy()))
+    _, nleft = layout.cell(1, 3)
+    np.testing.assert_array_equal(canvas[top:top + ch, nleft:nleft + cw],
+                                  enlarge(colorize_normal(gt["normal"].numpy()), k))
+    # the legend: one swatch of each class's colour
+    for i, (cls, _) in enumerate(layout.legend):
+        ltop, lleft, _ = layout.legend_entry(i)
+        swatch = canvas[ltop + (layout.legend_line - layout.font) // 2, lleft + layout.font // 2]
+        np.testing.assert_array_equal(swatch, palette()[cls + 1])
 
 
 def test_split_errors_name_what_was_expected():
@@ -135,7 +155,7 @@ def test_task_subsets_write_only_their_arrays_and_columns(tmp_path):
     with np.load(tmp_path / "dn" / "x.npz") as npz:
         assert set(npz.files) == {"image", "depth", "normal"} and npz["depth"].shape == (64, 64)
     with Image.open(tmp_path / "dn" / "x.png") as png:
-        assert png.size == (3 * 64 + 4 * GAP, HEADER + 64 + 2 * GAP)
+        assert png.size == panel_layout((64, 64), ["depth", "normal"]).size and png.size[0] == 3 * 192 + 4 * 2
     # a subset of a three-task model, by name
     model3, _ = tiny_model()
     write_predictions(model3, ["depth"], inputs, tmp_path / "d", "cpu")
@@ -177,3 +197,66 @@ def test_panels_without_files_match_the_written_png(tmp_path):
     assert [name for name, _ in panels] == ["test_0", "test_1"]
     with Image.open(tmp_path / "test_1.png") as png:
         np.testing.assert_array_equal(np.asarray(png.convert("RGB")), np.asarray(panels[1][1].convert("RGB")))
+
+
+def text_boxes(fig):
+    """(text, font size in px, window extent) of every visible text of a panel figure, as drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    return [(t.get_text(), t.get_fontsize() * fig.dpi / 72, t.get_window_extent(renderer))
+            for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("size", [(8, 8), (16, 40), (32, 32), (120, 160), (288, 384)])
+def test_titles_are_whole_and_readable_at_any_image_size(size):
+    h, w = size
+    rng = np.random.default_rng(0)
+    pred = {"segmentation": rng.integers(0, 3, (h, w)), "depth": 1.0 + 5.0 * rng.random((h, w)),
+            "normal": np.stack([np.zeros((h, w)), np.zeros((h, w)), np.ones((h, w))])}
+    long_names = ["background", "a rather long class name for a small image", "chair"]
+    legend = [(c, long_names[c]) for c in range(3)]
+    layout = panel_layout((h, w), ALL, ground_truth=True, legend=legend, depth_unit="metres")
+    assert layout.cell_size[1] >= MIN_CELL and layout.font >= FONT_MIN  # >= 12 px: 8.6 pt at 100 dpi
+    assert [t.replace("\n", " ") for t in layout.titles] == ["input", "segmentation", "depth (m)",
+                                                             "normal: RGB = (n + 1) / 2"]  # never cut
+    fig = panel_figure(layout, ALL, depth_range(pred["depth"], None), "metres")
+    boxes = text_boxes(fig)
+    assert all(px >= FONT_MIN for _, px, _ in boxes)
+    ch, cw = layout.cell_size
+    for c, title in enumerate(layout.titles):  # each title inside its column and the header strip
+        (box,) = [b for t, _, b in boxes if t == title]
+        _, left = layout.cell(0, c)
+        assert left - 1 <= box.x0 and box.x1 <= left + cw + 1
+        assert box.y0 >= layout.height - layout.header - 1 and box.y1 <= layout.height
+    # the depth colour bar: metres and the range shared by prediction and ground truth
+    (label,) = [t for t, _, _ in boxes if t.startswith("depth (m): ")]
+    lo, hi = depth_range(pred["depth"], None)
+    assert label == f"depth (m): {lo:.3g} to {hi:.3g}"
+    (bar,) = fig.axes
+    assert len([t for t in bar.get_xticks() if lo <= t <= hi]) >= 2 and bar.get_xlim() == pytest.approx((lo, hi))
+    # class names are whole where they fit, shortened with "…" only where a column is too narrow
+    legend_texts = [t for t, _, _ in boxes if t[:3] in ("0: ", "1: ", "2: ")]
+    assert "0: background" in legend_texts and len(legend_texts) == 3
+    for t, _, b in boxes:
+        assert 0 <= b.x0 and b.x1 <= layout.width + 1, t  # no text leaves the picture
+
+
+def test_panel_pixels_show_the_colour_bar_and_unknown_units_say_so():
+    h, w = 24, 24
+    depth = np.linspace(1.0, 4.0, h * w).reshape(h, w)
+    pred = {"depth": depth, "normal": np.stack([np.zeros((h, w)), np.zeros((h, w)), np.ones((h, w))])}
+    panel = np.asarray(render_panel(torch.rand(3, h, w), pred, ["depth", "normal"], depth_unit="metres"))
+    layout = panel_layout((h, w), ["depth", "normal"], depth_unit="metres")
+    assert panel.shape[:2] == (layout.height, layout.width)
+    strip = panel[layout.cell(0, 0)[0] + layout.cell_size[0] + GAP_PX:layout.legend_top]
+    _, left = layout.cell(0, 1)
+    strip = strip[:, left:left + layout.cell_size[1]]
+    viridis = colorize_depth(np.array([[1.0, 4.0]]), 1.0, 4.0)[0]  # both ends of the colour map
+    for colour in viridis:
+        assert (np.abs(strip.astype(int) - colour).sum(axis=-1) <= 6).any()
+    assert panel_layout((h, w), ["depth"]).titles[1] == "depth"  # no unit known: none claimed
+    assert panel_layout((h, w), ["depth"], depth_unit="disparity").titles[1] == "depth (disparity)"

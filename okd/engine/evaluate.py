@@ -105,6 +105,7 @@ def predict_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spec
     inputs = collect_inputs(spec, splits, size=size if all(size) else None)
     out_dir = Path(ctx.run_dir) / "predictions"
     written = write_predictions(ctx.model, ctx.tasks, inputs, out_dir, trainer.device,
-                                batch_size=trainer.eval_batch_size, class_names=ctx.data.info.get("class_names"))
+                                batch_size=trainer.eval_batch_size, class_names=ctx.data.info.get("class_names"),
+                                depth_unit=ctx.data.info.get("depth_unit"))
     console.info(f"predictions for {len(inputs)} input(s) written to {out_dir}")
     return written

@@ -425,7 +425,8 @@ class Trainer:
         count = min(self.log_images, len(ctx.data.eval_splits[split]))
         inputs = collect_inputs(f"split:{split}:{count}", ctx.data.eval_splits)
         panels = prediction_panels(ctx.model, ctx.tasks, inputs, self.device,
-                                   class_names=ctx.data.info.get("class_names"))
+                                   class_names=ctx.data.info.get("class_names"),
+                                   depth_unit=ctx.data.info.get("depth_unit"))
         ctx.logger.log_images({f"{split}/panel/{name}": image for name, image in panels}, step=epoch)
 
     def _check_finite(self, first_bad: Tensor, epoch: int) -> None:
