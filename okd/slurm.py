@@ -38,6 +38,21 @@ WAITING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"
 RUNNING = {"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
+#: pending reasons that will not clear by waiting, and what to do about them
+STUCK = {
+    "PartitionConfig": "the job asks for more than the partition allows (CPUs, memory, GPUs per node): lower "
+                       "hydra.launcher.cpus_per_task / mem_gb / gpus_per_node, or pick another partition",
+    "PartitionTimeLimit": "hydra.launcher.timeout_min is above the partition's MaxTime: lower it (a longer run "
+                          "continues in its requeued job)",
+    "PartitionNodeLimit": "hydra.launcher.nodes is above the partition's limit",
+    "ReqNodeNotAvail": "the nodes the job may use are down or reserved (see `sinfo`)",
+    "InvalidAccount": "hydra.launcher.account is not an account of yours (see `sacctmgr show assoc user=$USER`)",
+    "InvalidQOS": "hydra.launcher.qos is not allowed here",
+    "JobHeldUser": "the jobs are held: `scontrol release <job id>` starts them",
+    "JobHeldAdmin": "an administrator holds the jobs",
+}
+
+
 def requeue_target(env: Mapping[str, str] | None = None) -> str | None:
     """The id to give ``scontrol requeue`` from inside a job: only this job, never its array siblings."""
     env = os.environ if env is None else env
@@ -171,7 +186,7 @@ else:
 
         def _wait(self, jobs: list[Any]) -> None:
             """Poll until every job has a result or has ended, reporting the queue as it goes."""
-            last_report, last_line = float("-inf"), ""
+            last_report, last_line, hinted = float("-inf"), "", set()
             while True:
                 done = [job.done() for job in jobs]
                 if all(done):
@@ -182,7 +197,12 @@ else:
                 counts = status_line(states, {})
                 if due or counts != last_line:
                     waiting = [j for j, s in states.items() if s.upper() in ("PENDING", "UNKNOWN", "REQUEUED")]
-                    log.info(f"okd.slurm: {status_line(states, pending_reasons(waiting) if waiting else {})}")
+                    reasons = pending_reasons(waiting) if waiting else {}
+                    log.info(f"okd.slurm: {status_line(states, reasons)}")
+                    for reason in sorted(set(reasons.values()) & set(STUCK) - hinted):
+                        log.warning(f"okd.slurm: pending for {reason}: {STUCK[reason]}; `scancel "
+                                    f"{jobs[0].job_id.split('_')[0]}` ends the sweep")
+                        hinted.add(reason)
                     last_report, last_line = now, counts
                 time.sleep(self.poll_s)
             log.info(f"okd.slurm: all {len(jobs)} job(s) ended")

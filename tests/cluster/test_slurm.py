@@ -166,7 +166,9 @@ def test_sweep_goes_through_sbatch_and_reports_while_jobs_wait(cluster, tmp_path
     proc = cluster.sweep(tmp_path, *TRAIN, "trainer.epochs=1", "logger=none", "seed=0,1",
                          "hydra.launcher.cpus_per_task=1", "+hydra.launcher.additional_parameters.hold=true")
     log = tmp_path / "launcher.log"
-    wait_for(lambda: "pending (JobHeldUser)" in log.read_text(), "the pending reason in the launcher's output")
+    # the pending reason, and once what to do about it
+    wait_for(lambda: "pending (JobHeldUser)" in log.read_text() and "scontrol release" in log.read_text(),
+             "the pending reason in the launcher's output")
     array = re.search(r"job array (\d+) submitted", log.read_text()).group(1)
     cluster.run("scontrol", "release", array)
     out = finish(proc, tmp_path)
