@@ -38,6 +38,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from okd.weighting.gradtools import accumulate_heads, task_gradients, write_flat_grad
+
 
 @dataclass
 class BoundModel:
@@ -210,17 +212,9 @@ class GradientWeighting(Weighting):
 
     def per_task_gradients(self, losses: Tensor) -> Tensor:
         """Rows g_k = d L_k / d theta_shared (flattened), and ordinary .grad for task parameters."""
-        shared = self.bound.shared_parameters
-        task_params = self.bound.task_parameters
-        k = losses.shape[0]
-        rows = []
-        for i in range(k):
-            grads = torch.autograd.grad(
-                losses[i], shared + task_params, retain_graph=i < k - 1, allow_unused=True
-            )
-            rows.append(_flatten(grads[: len(shared)], shared))
-            _accumulate(task_params, grads[len(shared):])
-        return self.bound.reduce(torch.stack(rows))
+        rows, heads = task_gradients(losses, self.bound.shared_parameters, self.bound.task_parameters)
+        accumulate_heads(self.bound.task_parameters, heads)
+        return self.bound.reduce(rows)
 
     def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         if extra_loss is not None:
@@ -229,7 +223,7 @@ class GradientWeighting(Weighting):
         # Heads get S grad L_k directly; the shared rows are unscaled before any decision.
         grads = unscaled(self.per_task_gradients(scaled(losses, loss_scale)), loss_scale)
         direction, weights = self.combine(grads, losses.detach())
-        _write_flat(self.bound.shared_parameters, scaled_direction(direction, grads, loss_scale))
+        write_flat_grad(self.bound.shared_parameters, scaled_direction(direction, grads, loss_scale))
         return weights.detach()
 
 
@@ -294,26 +288,3 @@ def finite_or_zero(matrix: Tensor) -> Tensor:
     Equals ``matrix`` bit for bit when it is finite.
     """
     return torch.where(all_finite(matrix), matrix, torch.zeros_like(matrix))
-
-
-def _flatten(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:
-    return torch.cat([
-        (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
-    ])
-
-
-def _accumulate(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None]) -> None:
-    for p, g in zip(params, grads):
-        if g is None:
-            continue
-        p.grad = g if p.grad is None else p.grad + g
-
-
-def _write_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
-    """Add a flat direction to the shared parameters' .grad (which may hold the extra loss's)."""
-    offset = 0
-    for p in params:
-        n = p.numel()
-        g = flat[offset: offset + n].view_as(p).to(p.dtype)
-        p.grad = g.clone() if p.grad is None else p.grad + g
-        offset += n

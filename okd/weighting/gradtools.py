@@ -1,13 +1,11 @@
-"""Plumbing shared by the gradient-manipulation methods that need more than ``combine``.
+"""Gradient plumbing used by :class:`~okd.weighting.base.GradientWeighting` and the methods.
 
-:class:`~okd.weighting.base.GradientWeighting` covers the common case (combine the per-task
-gradients of the shared parameters, heads get their raw gradient). Some methods' reference
-behaviour needs a variation, built here from the same pieces and without a second forward pass:
-
-* per-task gradients of the heads kept apart, so they can be weighted (MGDA ``original``);
-* per-task gradients of the shared representation Z, ``z_k = dL_k/dZ`` (MGDA-UB, IMTL on
-  features, GradDrop; docs/weighting.md#representation-level): one autograd pass per task through the heads only, after which
-  one ``Z.backward(combined)`` carries the combination through the encoder;
+* flat gradients of a parameter list, and adding gradients into ``.grad``;
+* per-task gradients of the shared parameters, with the heads' per-task gradients kept apart
+  (so that they can be weighted, e.g. MGDA ``original``);
+* per-task gradients of the shared representation Z, ``z_k = dL_k/dZ``
+  (docs/weighting.md#representation-level): one autograd pass per task through the heads only,
+  after which one ``Z.backward(combined)`` carries the combination through the encoder;
 * a seeded random generator owned by a method, saved in its checkpoint (docs/weighting.md#randomness).
 """
 from __future__ import annotations
@@ -18,9 +16,32 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from okd.weighting.base import _accumulate, _flatten
-
 HeadGrads = list[tuple[Tensor | None, ...]]
+
+
+def flatten_grads(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:
+    """One flat vector of ``grads`` (zeros where a parameter got no gradient)."""
+    return torch.cat([
+        (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
+    ])
+
+
+def accumulate_grads(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None]) -> None:
+    """Add ``grads`` to the parameters' ``.grad`` (None entries are skipped)."""
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        p.grad = g if p.grad is None else p.grad + g
+
+
+def write_flat_grad(params: Sequence[nn.Parameter], flat: Tensor) -> None:
+    """Add a flat direction to the parameters' .grad (which may hold the extra loss's)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = flat[offset: offset + n].view_as(p).to(p.dtype)
+        p.grad = g.clone() if p.grad is None else p.grad + g
+        offset += n
 
 
 def require_representation(representation: Tensor | None, owner: str) -> Tensor:
@@ -58,7 +79,7 @@ def task_gradients(
         grads = torch.autograd.grad(
             losses[i], shared + task_params, retain_graph=i < k - 1, allow_unused=True
         )
-        rows.append(_flatten(grads[: len(shared)], shared))
+        rows.append(flatten_grads(grads[: len(shared)], shared))
         heads.append(tuple(grads[len(shared):]))
     return torch.stack(rows), heads
 
@@ -103,7 +124,7 @@ def accumulate_heads(
         if weights is not None:
             w = weights[k]
             grads = tuple(None if g is None else g * w.to(g.dtype) for g in grads)
-        _accumulate(params, grads)
+        accumulate_grads(params, grads)
 
 
 def weighted_sum(weights: Tensor, rows: Tensor) -> Tensor:

@@ -10,20 +10,20 @@ from torch import Tensor, nn
 
 from okd.weighting.base import (
     GradientWeighting,
-    _accumulate,
-    _write_flat,
     finite_or_zero,
     scaled,
     scaled_direction,
     unscaled,
 )
 from okd.weighting.gradtools import (
+    accumulate_grads,
     accumulate_heads,
     backward_through_representation,
     representation_gradients,
     require_representation,
     task_gradients,
     weighted_sum,
+    write_flat_grad,
 )
 from okd.weighting.solvers import gram
 
@@ -133,7 +133,7 @@ class IMTL(GradientWeighting):
             grads, heads = task_gradients(scaled(losses, loss_scale), shared, task_params)
             grads = unscaled(self.bound.reduce(grads), loss_scale)
             direction, a = self.combine(grads * scales.to(grads.dtype)[:, None], losses.detach())
-            _write_flat(shared, scaled_direction(direction, grads, loss_scale))
+            write_flat_grad(shared, scaled_direction(direction, grads, loss_scale))
         # heads: already S-scaled by the scaled losses
         accumulate_heads(task_params, heads, None if self.mode == "g" else scales)
         if self.mode == "hybrid":
@@ -155,4 +155,4 @@ class IMTL(GradientWeighting):
         # in the optimizer that GradScaler unscales.
         s = self.log_scales
         grad = scaled(s.detach().exp() * losses.to(s) - 1.0, loss_scale)
-        _accumulate([s], [grad])
+        accumulate_grads([s], [grad])

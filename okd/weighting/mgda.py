@@ -9,7 +9,6 @@ from torch import Tensor
 
 from okd.weighting.base import (
     GradientWeighting,
-    _write_flat,
     finite_or_zero,
     scaled,
     scaled_direction,
@@ -22,6 +21,7 @@ from okd.weighting.gradtools import (
     require_representation,
     task_gradients,
     weighted_sum,
+    write_flat_grad,
 )
 from okd.weighting.solvers import gram, min_norm_element
 
@@ -168,7 +168,7 @@ class MGDA(GradientWeighting):
                                       bound.task_parameters)
         grads = unscaled(bound.reduce(grads), loss_scale)
         direction, weights = self.combine(grads, losses.detach())
-        _write_flat(bound.shared_parameters, scaled_direction(direction, grads, loss_scale))
+        write_flat_grad(bound.shared_parameters, scaled_direction(direction, grads, loss_scale))
         accumulate_heads(bound.task_parameters, heads, weights)  # heads: already S-scaled
         return weights.detach()
 

@@ -6,16 +6,15 @@ import math
 import torch
 from torch import Tensor
 
-from okd.weighting.base import (
-    GradientWeighting,
-    _accumulate,
-    _flatten,
-    _write_flat,
-    scaled,
-    scaled_direction,
-    unscaled,
+from okd.weighting.base import GradientWeighting, scaled, scaled_direction, unscaled
+from okd.weighting.gradtools import (
+    accumulate_grads,
+    accumulate_heads,
+    flatten_grads,
+    task_gradients,
+    weighted_sum,
+    write_flat_grad,
 )
-from okd.weighting.gradtools import accumulate_heads, task_gradients, weighted_sum
 from okd.weighting.solvers import gram
 
 #: an iterate whose optimality residual max_k |alpha_k (M alpha)_k - 1| is above this is rejected
@@ -133,11 +132,11 @@ class NashMTL(GradientWeighting):
             alpha = self.alpha.to(losses.device)
             weighted = (alpha.to(losses.dtype) * losses).sum()
             g = torch.autograd.grad(scaled(weighted, loss_scale), shared + heads, allow_unused=True)
-            grads = unscaled(_flatten(g[: len(shared)], shared), loss_scale)
+            grads = unscaled(flatten_grads(g[: len(shared)], shared), loss_scale)
             direction = self.clip(grads)
-            _accumulate(heads, g[len(shared):])
+            accumulate_grads(heads, g[len(shared):])
             self.step += 1
-        _write_flat(shared, scaled_direction(direction, grads, loss_scale))
+        write_flat_grad(shared, scaled_direction(direction, grads, loss_scale))
         return alpha.detach().to(losses.dtype)
 
     # -- state -------------------------------------------------------------------------------
