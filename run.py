@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import okd.config  # noqa: F401  (registers the resolvers conf/ uses)
+from okd.launch import launched_with_torchrun
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -50,10 +51,10 @@ def report_error(message: str) -> None:
 def join_torchrun_job() -> bool:
     """Under ``torchrun --nproc_per_node=N``: join the process group before Hydra picks the run dir,
     so that every process uses rank 0's; only rank 0 writes Hydra's ``.hydra/`` snapshot."""
-    from okd import distributed
-
-    if not distributed.launched_with_torchrun():
+    if not launched_with_torchrun():
         return False
+    from okd import distributed  # torch: imported only in torchrun's workers, so --help stays fast
+
     if any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):
         print("okd: error: torchrun trains ONE run on several processes; a sweep (-m) launches many runs: use "
               "hydra/launcher=okd_joblib or okd_slurm for sweeps, torchrun for one run", file=sys.stderr)

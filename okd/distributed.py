@@ -31,10 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
-
-def launched_with_torchrun() -> bool:
-    """True in a worker process started by torchrun with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+from okd.launch import launched_with_torchrun
 
 
 def init_from_env(timeout_s: float = 1800.0) -> bool:

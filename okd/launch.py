@@ -41,6 +41,12 @@ WANDB_DIR = Path(__file__).resolve().parents[1] / "sweeps" / "wandb"
 JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 
+def launched_with_torchrun() -> bool:
+    """True in a worker process started by torchrun with more than one process (read from the
+    environment here, without torch: run.py asks before Hydra parses ``--help``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
 # ---------------------------------------------------------------------------------------------
 # One GPU per parallel job, CPU threads split between jobs
 # ---------------------------------------------------------------------------------------------

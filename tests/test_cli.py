@@ -253,3 +253,14 @@ def test_resume_refuses_what_changes_the_run_and_accepts_free_switches(tmp_path)
     assert "weighting DWA" in console and "epochs 1..1" in console
     rows, numbers = _rows_and_numbers(tmp_path / "run")
     assert [r["epoch"] for r in rows] == [0, 0, 0, 1, 1, 1] and numbers["choices"]["weighting"] == "dwa"
+
+
+@pytest.mark.parametrize("command", [["run.py", "--help"], ["-m", "okd.launch", "wandb", "hparams_okd_synthetic_segnet"]])
+def test_help_and_config_tools_do_not_import_torch(command):
+    """`--help` and the sweep-file tool answer without torch (1.6 s of the old 3.1 s of --help)."""
+    args = [str(ROOT / command[0]), *command[1:]] if command[0] == "run.py" else command
+    proc = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "okd.config" in imported | {"okd.launch"}
