@@ -38,7 +38,14 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from okd.weighting.gradtools import accumulate_heads, task_gradients, write_flat_grad
+from okd.weighting.gradtools import (
+    accumulate_heads,
+    backward_through_representation,
+    representation_gradients,
+    require_representation,
+    task_gradients,
+    write_flat_grad,
+)
 
 
 @dataclass
@@ -190,17 +197,28 @@ class LossWeighting(Weighting):
 
 
 class GradientWeighting(Weighting):
-    """Methods that combine per-task gradients of the shared parameters into one direction.
+    """Methods that combine per-task gradients into one direction (docs/weighting.md#the-interface).
 
-    Subclasses implement :meth:`combine`. Heads get their ordinary gradient ``grad L_k`` (each
-    head only depends on its own task). ``extra_loss`` is backpropagated normally and adds to the
-    combined direction.
+    A method implements :meth:`combine` (and :meth:`combine_representation` where the rows alone
+    do not say enough); this class does the rest of :meth:`backward`: the extra loss, loss
+    scaling, the level (``parameters``: rows g_k of the shared parameters, averaged over the
+    processes; ``representation``: rows z_k = dL_k/dZ, docs/weighting.md#representation-level),
+    writing the direction and the heads' gradients (raw, or weighted by :meth:`head_weights`).
 
-    Under loss scaling the rows are taken from S L_k, averaged over processes, divided by S and
-    only then given to :meth:`combine`; the direction is multiplied by S when it is written. A
-    ``combine`` must therefore accept non-finite rows without raising (an overflow step): solvers
-    get :func:`finite_or_zero` Gram matrices, state updates go through :func:`keep_if_finite`.
+    ``combine`` sees rows divided by S (docs/weighting.md#fp16-loss-scaling) and must accept
+    non-finite rows without raising (an overflow step): solvers get :func:`finite_or_zero` Gram
+    matrices, state updates go through :func:`keep_if_finite`.
     """
+
+    #: the levels a method supports; ``level=`` chooses one (the default is the method's own).
+    levels: tuple[str, ...] = ("parameters",)
+
+    def __init__(self, level: str = "parameters") -> None:
+        super().__init__()
+        if level not in self.levels:
+            raise ValueError(f"{type(self).__name__}: level must be one of {self.levels}, got {level!r}")
+        self.level = level
+        self.needs_representation = level == "representation"
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Map G (K x P, rows g_k) and the detached losses (K,) to (direction (P,), weights (K,)).
@@ -210,21 +228,47 @@ class GradientWeighting(Weighting):
         """
         raise NotImplementedError
 
-    def per_task_gradients(self, losses: Tensor) -> Tensor:
-        """Rows g_k = d L_k / d theta_shared (flattened), and ordinary .grad for task parameters."""
-        rows, heads = task_gradients(losses, self.bound.shared_parameters, self.bound.task_parameters)
-        accumulate_heads(self.bound.task_parameters, heads)
-        return self.bound.reduce(rows)
+    def combine_representation(
+        self, representation: Tensor, rep_grads: Tensor, losses: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(dL/dZ, weights) from Z and its per-task gradients z (K, *Z.shape): by default
+        :meth:`combine` on the rows flattened over batch x features."""
+        direction, weights = self.combine(rep_grads.flatten(1), losses)
+        return direction.view_as(representation), weights
+
+    def head_weights(self, weights: Tensor, losses: Tensor) -> Tensor | None:
+        """Per-task weights of the heads' gradients, or None for their raw gradients (default)."""
+        return None
 
     def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
-        if extra_loss is not None:
-            # The extra loss shares the graph of the task losses: keep it alive for the K passes.
-            scaled(extra_loss, loss_scale).backward(retain_graph=True)
-        # Heads get S grad L_k directly; the shared rows are unscaled before any decision.
-        grads = unscaled(self.per_task_gradients(scaled(losses, loss_scale)), loss_scale)
-        direction, weights = self.combine(grads, losses.detach())
-        write_flat_grad(self.bound.shared_parameters, scaled_direction(direction, grads, loss_scale))
+        on_representation = self.level == "representation"
+        if on_representation:
+            require_representation(representation, type(self).__name__)
+        backward_extra_loss(extra_loss, loss_scale)
+        task_params = self.bound.task_parameters
+        # Per-task gradients of S L_k (heads: S grad L_k as they are); rows unscaled before any decision.
+        if on_representation:
+            rows, heads = representation_gradients(scaled(losses, loss_scale), representation, task_params)
+            rows = unscaled(rows, loss_scale)
+            direction, weights = self.combine_representation(representation, rows, losses.detach())
+            backward_through_representation(representation, scaled_direction(direction, rows, loss_scale))
+        else:
+            shared = self.bound.shared_parameters
+            rows, heads = task_gradients(scaled(losses, loss_scale), shared, task_params)
+            rows = unscaled(self.bound.reduce(rows), loss_scale)
+            direction, weights = self.combine(rows, losses.detach())
+            write_flat_grad(shared, scaled_direction(direction, rows, loss_scale))
+        accumulate_heads(task_params, heads, self.head_weights(weights, losses))
         return weights.detach()
+
+
+def backward_extra_loss(extra_loss: Tensor | None, loss_scale: Tensor | None) -> None:
+    """Backpropagate the extra (distillation) loss on its own, unweighted, times S.
+
+    It shares the graph of the task losses, which is kept alive for the per-task passes.
+    """
+    if extra_loss is not None:
+        scaled(extra_loss, loss_scale).backward(retain_graph=True)
 
 
 # -- loss scaling (fp16): the one place its arithmetic lives -----------------------------------

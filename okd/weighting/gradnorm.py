@@ -92,11 +92,8 @@ class GradNorm(LossWeighting):
         norms = self.shared_grad_norms(losses, loss_scale)
         # reaches w only (norms are detached); S L_grad so that w.grad is scaled like the network's
         scaled(self.gradnorm_loss(norms, detached), loss_scale).backward()
-        total, w = self.objective(losses)
-        if extra_loss is not None:
-            total = total + extra_loss
-        scaled(total, loss_scale).backward()
-        return w
+        # the network's objective sum_k w_k L_k (+ extra loss), as every loss weighting
+        return super().backward(losses, extra_loss, representation, loss_scale)
 
     def shared_grad_norms(self, losses: Tensor, loss_scale: Tensor | None = None) -> Tensor:
         """(K,) ||grad_W L_k||_2 over all tensors of W, detached, on the losses' device.

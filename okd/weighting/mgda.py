@@ -5,24 +5,12 @@ arXiv 1810.04650. Official code: isl-org/MultiObjectiveOptimization.
 """
 from __future__ import annotations
 
+import warnings
+
 from torch import Tensor
 
-from okd.weighting.base import (
-    GradientWeighting,
-    finite_or_zero,
-    scaled,
-    scaled_direction,
-    unscaled,
-)
-from okd.weighting.gradtools import (
-    accumulate_heads,
-    backward_through_representation,
-    representation_gradients,
-    require_representation,
-    task_gradients,
-    weighted_sum,
-    write_flat_grad,
-)
+from okd.weighting.base import GradientWeighting, finite_or_zero
+from okd.weighting.gradtools import weighted_sum
 from okd.weighting.solvers import gram, min_norm_element
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -33,64 +21,30 @@ REP_GRAMS = ("flatten", "batch_sum")
 class MGDA(GradientWeighting):
     """Multiple-gradient descent: the minimum-norm element of the convex hull of the gradients.
 
-    Sener & Koltun 2018, Eq. (3) / Algorithm 2: with normalised gradients g^_k = g_k / n_k,
-
-        w = argmin_{w >= 0, sum_k w_k = 1} || sum_k w_k g^_k ||^2,
-
-    solved on the K x K Gram matrix only (:func:`okd.weighting.solvers.min_norm_element`, float64
-    on the CPU: one K x K host transfer per step). MGDA-UB (Section 3.3, Eq. (10)) replaces g_k
-    by z_k = dL_k/dZ, the gradient at the shared representation Z (``use_representation``).
-
-    Normalisation n_k (Section 3.2 calls it optional; the official code offers these):
-    ``none`` 1, ``l2`` ||g_k||, ``loss`` l_k, ``loss+`` l_k ||g_k|| (eps added to n_k).
-
-    How the weights are applied (``apply``):
-
-    * ``original`` (paper, official code): backpropagate sum_k w_k L_k on the raw losses, so the
-      shared update is sum_k w_k g_k **and every head k gets w_k dL_k/d theta_k**. The
-      normalisation only changes w. Weights sum to 1 (scale: 1/K of EW's sum for equal w).
-    * ``libmtl`` (LibMTL): the shared update is sum_k w_k g^_k (normalised gradients; on the
-      representation path LibMTL uses the raw z_k, so there it is sum_k w_k z_k); heads get their
-      raw gradient.
-    * ``nashmtl`` (the Nash-MTL repo's copy): like ``original`` with w multiplied by K (EW scale).
-
-    The returned weights are the coefficients on the raw gradients: w, w / n (``libmtl`` on
-    parameters) or K w.
-
-    Cost: K backward passes (through the heads only with ``use_representation``), a K x K solve.
-
-    Loss scaling (fp16): g_k / z_k are taken from S L_k and divided by S before the Gram matrix;
-    heads get S w_k dL_k/d theta_k, the shared parameters (or Z) S times the combination. An
-    overflow step solves on a zero Gram matrix (finite weights, no state) and writes NaN.
-
-    Args:
-        normalization: ``none`` (paper's algorithm, LibMTL default), ``l2``, ``loss``,
-            ``loss+`` (the official sample config, used with MGDA-UB).
-        apply: ``original`` (default, paper), ``libmtl`` or ``nashmtl`` (see above).
-        use_representation: MGDA-UB; the trainer then passes Z to :meth:`backward`.
-        rep_gram: MGDA-UB's Gram: ``flatten`` (official: z_k flattened over batch x features) or
-            ``batch_sum`` (LibMTL: z_k summed over the batch first).
-        solver: ``pgd`` (official ``find_min_norm_element``) or ``frank_wolfe`` (Algorithm 2).
-        exact_pair: exact end points of the two-vector solver (True, default) or the reference
-            code's 0.999 / 0.001 clamps (False).
-        max_iter: solver iteration cap (reference 250).
-        tol: solver tolerance on the L1 change of w (reference 1e-5).
-        eps: added to every n_k (the paper's normalisations divide by it).
+    Sener & Koltun 2018, Eq. (3) / Algorithm 2: w = argmin over the simplex of
+    ||sum_k w_k g_k / n_k||^2, solved on the K x K Gram matrix
+    (:func:`okd.weighting.solvers.min_norm_element`). ``level: representation`` is MGDA-UB
+    (Section 3.3, Eq. 10: z_k = dL_k/dZ instead of g_k). ``normalization`` chooses n_k, ``apply``
+    how w is applied (``original``: sum_k w_k L_k, heads weighted; ``libmtl``: normalised
+    gradients, raw heads; ``nashmtl``: original times K); docs/weighting.md#mgda, #mgda_ub.
+    ``use_representation`` is the deprecated spelling of ``level``.
     """
+
+    levels = ("parameters", "representation")
 
     def __init__(
         self,
         normalization: str = "none",
         apply: str = "original",
-        use_representation: bool = False,
+        level: str = "parameters",
         rep_gram: str = "flatten",
         solver: str = "pgd",
         exact_pair: bool = True,
         max_iter: int = 250,
         tol: float = 1e-5,
         eps: float = 1e-8,
+        use_representation: bool | None = None,
     ) -> None:
-        super().__init__()
         _choice("normalization", normalization, NORMALIZATIONS)
         _choice("apply", apply, APPLY)
         _choice("rep_gram", rep_gram, REP_GRAMS)
@@ -100,16 +54,20 @@ class MGDA(GradientWeighting):
         for name, value in (("tol", tol), ("eps", eps)):
             if not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"MGDA: {name} must be a number > 0, got {value!r}")
+        super().__init__(_level_from_use_representation(level, use_representation))
         self.normalization = normalization
         self.apply = apply
-        self.use_representation = bool(use_representation)
-        self.needs_representation = self.use_representation
         self.rep_gram = rep_gram
         self.solver = solver
         self.exact_pair = bool(exact_pair)
         self.max_iter = max_iter
         self.tol = float(tol)
         self.eps = float(eps)
+
+    @property
+    def use_representation(self) -> bool:
+        """Deprecated: ``level == "representation"``."""
+        return self.level == "representation"
 
     # -- the rule ---------------------------------------------------------------------------
     def norms(self, matrix: Tensor, losses: Tensor) -> Tensor:
@@ -147,46 +105,31 @@ class MGDA(GradientWeighting):
         weights = self.raw_weights(w, n, on_representation=False)
         return weighted_sum(weights, grads), weights.to(grads.dtype)
 
-    # -- backward ---------------------------------------------------------------------------
-    @property
-    def weights_heads(self) -> bool:
-        """``original`` and ``nashmtl`` backpropagate sum_k w_k L_k: heads are weighted too."""
-        return self.apply in ("original", "nashmtl")
-
-    def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
-        if not self.use_representation and not self.weights_heads:
-            return super().backward(losses, extra_loss, representation, loss_scale)
-        if self.use_representation:
-            require_representation(representation, "MGDA-UB")
-        if extra_loss is not None:
-            # shares the graph with the task losses
-            scaled(extra_loss, loss_scale).backward(retain_graph=True)
-        bound = self.bound
-        if self.use_representation:
-            return self._backward_representation(losses, representation, loss_scale)
-        grads, heads = task_gradients(scaled(losses, loss_scale), bound.shared_parameters,
-                                      bound.task_parameters)
-        grads = unscaled(bound.reduce(grads), loss_scale)
-        direction, weights = self.combine(grads, losses.detach())
-        write_flat_grad(bound.shared_parameters, scaled_direction(direction, grads, loss_scale))
-        accumulate_heads(bound.task_parameters, heads, weights)  # heads: already S-scaled
-        return weights.detach()
-
-    def _backward_representation(
-        self, losses: Tensor, representation: Tensor, loss_scale: Tensor | None = None
-    ) -> Tensor:
-        """MGDA-UB: Gram of z_k, solve, one backward of sum_k w_k z_k through the encoder."""
-        task_params = self.bound.task_parameters
-        z, heads = representation_gradients(scaled(losses, loss_scale), representation, task_params)
-        z = unscaled(z, loss_scale)
-        k = z.shape[0]
-        rows = z.sum(dim=1) if self.rep_gram == "batch_sum" else z
-        w, n = self.solve(gram(rows.reshape(k, -1)), losses.detach())
+    def combine_representation(
+        self, representation: Tensor, rep_grads: Tensor, losses: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """MGDA-UB: the Gram of z_k (``rep_gram``), solve, sum_k w_k z_k."""
+        rows = rep_grads.sum(dim=1) if self.rep_gram == "batch_sum" else rep_grads
+        w, n = self.solve(gram(rows.reshape(rows.shape[0], -1)), losses)
         weights = self.raw_weights(w, n, on_representation=True)
-        grad = scaled_direction(weighted_sum(weights, z), z, loss_scale)
-        backward_through_representation(representation, grad)
-        accumulate_heads(task_params, heads, weights if self.weights_heads else None)
-        return weights.to(losses.dtype).detach()
+        return weighted_sum(weights, rep_grads), weights.to(losses.dtype)
+
+    def head_weights(self, weights: Tensor, losses: Tensor) -> Tensor | None:
+        """``original`` and ``nashmtl`` backpropagate sum_k w_k L_k: heads are weighted too."""
+        return weights if self.apply in ("original", "nashmtl") else None
+
+
+def _level_from_use_representation(level: str, use_representation: bool | None) -> str:
+    """``level``, or the level the deprecated ``use_representation`` names (with a warning)."""
+    if use_representation is None:
+        return level
+    implied = "representation" if use_representation else "parameters"
+    if level != "parameters" and level != implied:
+        raise ValueError(f"MGDA: use_representation={use_representation!r} contradicts level={level!r}; "
+                         "drop use_representation")
+    warnings.warn(f"MGDA: use_representation is deprecated, use level: {implied} "
+                  "(weighting=mgda_ub is MGDA with level: representation)", FutureWarning, stacklevel=3)
+    return implied
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

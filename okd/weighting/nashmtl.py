@@ -6,15 +6,8 @@ import math
 import torch
 from torch import Tensor
 
-from okd.weighting.base import GradientWeighting, scaled, scaled_direction, unscaled
-from okd.weighting.gradtools import (
-    accumulate_grads,
-    accumulate_heads,
-    flatten_grads,
-    task_gradients,
-    weighted_sum,
-    write_flat_grad,
-)
+from okd.weighting.base import GradientWeighting, backward_extra_loss, scaled, scaled_direction, unscaled
+from okd.weighting.gradtools import accumulate_grads, flatten_grads, weighted_sum, write_flat_grad
 from okd.weighting.solvers import gram
 
 #: an iterate whose optimality residual max_k |alpha_k (M alpha)_k - 1| is above this is rejected
@@ -114,29 +107,28 @@ class NashMTL(GradientWeighting):
         coef = (self.max_norm / (direction.norm() + 1e-6)).clamp(max=1.0)
         return direction * coef
 
+    def head_weights(self, weights: Tensor, losses: Tensor) -> Tensor:
+        return weights  # the objective is sum_k alpha_k L_k: heads get alpha_k grad L_k
+
     # -- backward ----------------------------------------------------------------------------
     def backward(self, losses, extra_loss=None, representation=None, loss_scale=None):
         """Backpropagate ``sum_k alpha_k L_k`` (heads alpha-weighted, shared direction clipped)."""
-        if extra_loss is not None:
-            scaled(extra_loss, loss_scale).backward(retain_graph=True)
-        shared = self.bound.shared_parameters
-        heads = self.bound.task_parameters
         if self.step % self.update_weights_every == 0:
-            grads, head_grads = task_gradients(scaled(losses, loss_scale), shared, heads)
-            grads = unscaled(self.bound.reduce(grads), loss_scale)
-            direction, alpha = self.combine(grads, losses.detach())
-            accumulate_heads(heads, head_grads, alpha)  # = grad of sum_k alpha_k L_k on the heads
+            alpha = super().backward(losses, extra_loss, representation, loss_scale)
             # a step whose gradients are not finite (overflow: GradScaler skips it) does not count
             self.step += int(self.last_gram_finite)
-        else:
-            alpha = self.alpha.to(losses.device)
-            weighted = (alpha.to(losses.dtype) * losses).sum()
-            g = torch.autograd.grad(scaled(weighted, loss_scale), shared + heads, allow_unused=True)
-            grads = unscaled(flatten_grads(g[: len(shared)], shared), loss_scale)
-            direction = self.clip(grads)
-            accumulate_grads(heads, g[len(shared):])
-            self.step += 1
-        write_flat_grad(shared, scaled_direction(direction, grads, loss_scale))
+            return alpha.to(losses.dtype)
+        # reuse step: one backward of sum_k alpha_k L_k with the alpha in use
+        backward_extra_loss(extra_loss, loss_scale)
+        shared = self.bound.shared_parameters
+        heads = self.bound.task_parameters
+        alpha = self.alpha.to(losses.device)
+        weighted = (alpha.to(losses.dtype) * losses).sum()
+        g = torch.autograd.grad(scaled(weighted, loss_scale), shared + heads, allow_unused=True)
+        grads = unscaled(flatten_grads(g[: len(shared)], shared), loss_scale)
+        accumulate_grads(heads, g[len(shared):])
+        self.step += 1
+        write_flat_grad(shared, scaled_direction(self.clip(grads), grads, loss_scale))
         return alpha.detach().to(losses.dtype)
 
     # -- state -------------------------------------------------------------------------------
