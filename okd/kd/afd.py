@@ -73,43 +73,15 @@ def stage_label(stage: str) -> str:
     return stage.replace("{task}/", "").replace("{task}", "task")
 
 
-def _default_for(names: Sequence[str]) -> list[str]:
-    resnet = ["stem", "layer1", "layer2", "layer3", "layer4"]
-    if all(n in names for n in resnet):
-        return resnet
-    segnet = ["enc1", "enc2", "enc3", "enc4", "enc5", "decoder"]
-    if all(n in names for n in segnet):
-        return segnet
-    blocks = [n for n in names if n.startswith("block")]
-    return blocks or list(names)
-
-
 def default_stages(model: nn.Module) -> list[str]:
-    """The stages distilled when none are configured, from the model's ``feature_names``.
-
-    * a model may name them itself with a ``distillation_stages`` attribute;
-    * ResNet (``stem``, ``layer1..layer4``; also MTAN's shared network): the five stages of the
-      release (docs/okd.md#networks);
-    * SegNet (``enc1..enc5`` + ``decoder``): the five encoder stages, the counterpart of ResNet's
-      five, plus the shared decoder output that the heads read;
-    * ViT (``block1..blockN``): every transformer block;
-    * per-column features ``<task>/<stage>`` (cross-stitch): the same rules on the stage names,
-      as ``{task}/<stage>`` templates;
-    * otherwise every named stage feature.
-    """
-    explicit = getattr(model, "distillation_stages", None)
-    if explicit:
-        return list(explicit)
-    names = list(getattr(model, "feature_names", ()))
-    if not names:
+    """The stages distilled when none are configured: the model's ``distillation_stages``
+    (okd/models/base.py; each backbone declares its own, e.g. ResNet's five stages of the release,
+    docs/okd.md#networks), or every name in its ``feature_names`` when it declares none."""
+    stages = list(getattr(model, "distillation_stages", ()) or getattr(model, "feature_names", ()))
+    if not stages:
         raise ValueError(f"{type(model).__name__} names no stage features (feature_names is empty); set "
                          f"the distilled stages explicitly (kd.stages=[...])")
-    tasks = [t.name for t in getattr(model, "tasks", [])]
-    prefixes = {n.split("/", 1)[0] for n in names if "/" in n}
-    if tasks and all("/" in n for n in names) and prefixes <= set(tasks):
-        per_column = list(dict.fromkeys(n.split("/", 1)[1] for n in names))
-        return [f"{{task}}/{s}" for s in _default_for(per_column)]
-    return _default_for(names)
+    return stages
 
 
 def available_features(model: nn.Module) -> list[str]:

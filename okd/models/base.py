@@ -3,7 +3,8 @@
 ``model(x)`` returns a :class:`ModelOutput`: per-task predictions (already activated, e.g. unit
 normals) and, from the same forward pass, the named stage features used for distillation. The model
 also says which parameters are shared, which belong to task heads, which layer is the last shared
-one (GradNorm) and which feature is the shared representation the heads consume (MGDA-UB, GradDrop).
+one (GradNorm), which feature is the shared representation the heads consume (MGDA-UB, GradDrop) and
+which stage features are distilled by default (``distillation_stages``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ class MultiTaskModel(nn.Module):
     representation_key: str = "representation"
     #: names of the stage features, in network order.
     feature_names: tuple[str, ...] = ()
+    #: the stages distilled when ``kd.stages`` is not set (okd/kd/afd.py ``default_stages``); empty:
+    #: every name in ``feature_names``. ``{task}`` marks per-column features (``{task}/layer3``).
+    distillation_stages: tuple[str, ...] = ()
 
     def __init__(self, tasks: Sequence[Task]) -> None:
         super().__init__()

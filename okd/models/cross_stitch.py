@@ -26,7 +26,7 @@ same backbone has the same names for its task.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +36,8 @@ from okd.models.common import (
     InputNormalization, TaskModules, check_width, dense_predictions, no_shared_representation, scaled,
 )
 from okd.models.heads import ASPPHead, segnet_head
-from okd.models.resnet import IMAGENET_MEAN, IMAGENET_STD, STAGES, DilatedResNet, build_trunk
-from okd.models.segnet import CONVS_PER_STAGE, FILTERS, conv_stack
+from okd.models.resnet import STAGES, DilatedResNet, ResNetBackbone
+from okd.models.segnet import CONVS_PER_STAGE, FILTERS, SegNet, conv_stack
 
 
 class CrossStitchUnit(nn.Module):
@@ -82,39 +82,26 @@ class _CrossStitch(TaskModules, MultiTaskModel):
         return xs
 
 
-class CrossStitchResNet(_CrossStitch):
+class CrossStitchResNet(_CrossStitch, ResNetBackbone):
     """One dilated ResNet per task, cross-stitched after stem, layer1, layer2, layer3 and layer4.
 
-    Args: as :class:`~okd.models.resnet.ResNetASPP` (depth, pretrained, weights, width, layers,
+    Args: as :class:`~okd.models.resnet.ResNetBackbone` (depth, pretrained, weights, width, layers,
     output_stride, ASPP options, normalize_input), plus ``per_channel`` and ``alpha_same`` for the units.
     """
 
-    def __init__(
-        self,
-        tasks,
-        depth: int = 50,
-        pretrained: bool = False,
-        weights: str = "IMAGENET1K_V1",
-        width: float = 1.0,
-        layers: Sequence[int] | None = None,
-        output_stride: int = 8,
-        aspp_channels: int = 256,
-        aspp_rates: Sequence[int] = (12, 24, 36),
-        aspp_dropout: float = 0.5,
-        per_channel: bool = False,
-        alpha_same: float = 0.9,
-        normalize_input: bool = False,
-    ) -> None:
-        super().__init__(tasks)
-        self.normalize = InputNormalization(*((IMAGENET_MEAN, IMAGENET_STD) if normalize_input else (None, None)))
-        self.columns = nn.ModuleList(
-            build_trunk(depth, width, layers, output_stride, pretrained, weights) for _ in self.tasks)
+    distillation_stages = tuple(f"{{task}}/{s}" for s in STAGES)
+
+    def __init__(self, tasks, per_channel: bool = False, alpha_same: float = 0.9, **resnet) -> None:
+        self._unit_settings = (per_channel, alpha_same)
+        super().__init__(tasks, **resnet)
+
+    def build(self, make_trunk: Callable[[], DilatedResNet]) -> int:
+        self.columns = nn.ModuleList(make_trunk() for _ in self.tasks)
         channels = self.columns[0].channels
         k = len(self.tasks)
-        self.units = nn.ModuleList(CrossStitchUnit(k, c, per_channel, alpha_same) for c in channels)
+        self.units = nn.ModuleList(CrossStitchUnit(k, c, *self._unit_settings) for c in channels)
         self.feature_names = tuple(f"{t.name}/{s}" for t in self.tasks for s in STAGES)
-        for t in self.tasks:
-            self.heads[t.name] = ASPPHead(channels[-1], t.channels, aspp_channels, aspp_rates, aspp_dropout)
+        return channels[-1]
 
     def forward(self, x: Tensor) -> ModelOutput:
         features: dict[str, Tensor] = {}
@@ -146,6 +133,8 @@ class CrossStitchSegNet(_CrossStitch):
     the 64-128-256-512-512 SegNet). Features per task: ``enc1..enc5`` (stage outputs before pooling),
     ``bottleneck`` (after the last encoder unit), ``decoder`` (after the last unit: what the head reads).
     """
+
+    distillation_stages = tuple(f"{{task}}/{s}" for s in SegNet.distillation_stages)
 
     def __init__(self, tasks, width: float = 1.0, in_channels: int = 3, per_channel: bool = False,
                  alpha_same: float = 0.9) -> None:

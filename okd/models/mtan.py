@@ -22,17 +22,16 @@ Features for distillation come from the shared network, as for the hard-sharing 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, conv1x1
 
-from okd.models.base import ModelOutput, MultiTaskModel
-from okd.models.common import InputNormalization, TaskModules, dense_predictions, no_shared_representation, upsample
-from okd.models.heads import ASPPHead
-from okd.models.resnet import IMAGENET_MEAN, IMAGENET_STD, STAGES, build_trunk
+from okd.models.base import ModelOutput
+from okd.models.common import TaskModules, dense_predictions, no_shared_representation, upsample
+from okd.models.resnet import STAGES, DilatedResNet, ResNetBackbone
 from okd.models.segnet import SegNet, conv_bn_relu
 from okd.tasks import Task
 
@@ -134,7 +133,7 @@ class MTANSegNet(_NoSharedRepresentation, TaskModules, SegNet):
         return prev
 
 
-class MTANResNet(_NoSharedRepresentation, TaskModules, MultiTaskModel):
+class MTANResNet(_NoSharedRepresentation, ResNetBackbone):
     """MTAN on a dilated ResNet with one ASPP head per task (mtan repository, ``resnet_mtan.py``).
 
     Each stage s is split into its blocks but the last (giving u_s) and its last block (giving
@@ -142,29 +141,13 @@ class MTANResNet(_NoSharedRepresentation, TaskModules, MultiTaskModel):
     with g_s a shared Bottleneck to the next stage's width (max-pooled to the next stage's
     resolution where the stage strides, i.e. after layer1). Head i reads a_4. Attention masks use a
     bottleneck of width C/4. Every stage needs at least 2 blocks.
-    Features: stem, layer1..layer4 of the shared ResNet.
+    Features: stem, layer1..layer4 of the shared ResNet. Args: as :class:`~okd.models.resnet.ResNetBackbone`.
     """
 
-    feature_names = STAGES
     task_module_names = ("heads", "encoder_att")
 
-    def __init__(
-        self,
-        tasks: Sequence[Task],
-        depth: int = 50,
-        pretrained: bool = False,
-        weights: str = "IMAGENET1K_V1",
-        width: float = 1.0,
-        layers: Sequence[int] | None = None,
-        output_stride: int = 8,
-        aspp_channels: int = 256,
-        aspp_rates: Sequence[int] = (12, 24, 36),
-        aspp_dropout: float = 0.5,
-        normalize_input: bool = False,
-    ) -> None:
-        super().__init__(tasks)
-        self.normalize = InputNormalization(*((IMAGENET_MEAN, IMAGENET_STD) if normalize_input else (None, None)))
-        self.encoder = build_trunk(depth, width, layers, output_stride, pretrained, weights)
+    def build(self, make_trunk: Callable[[], DilatedResNet]) -> int:
+        self.encoder = make_trunk()
         if any(len(stage) < 2 for stage in self.encoder.stages()):
             raise ValueError("MTAN on a ResNet needs at least 2 blocks per stage (attention masks are computed "
                              f"before each stage's last block); got layers={[len(s) for s in self.encoder.stages()]}")
@@ -177,8 +160,7 @@ class MTANResNet(_NoSharedRepresentation, TaskModules, MultiTaskModel):
         self.encoder_att = nn.ModuleDict({
             t.name: nn.ModuleList(attention_layer(ch[s] if s == 0 else 2 * ch[s], ch[s] // 4, ch[s]) for s in range(4))
             for t in self.tasks})
-        for t in self.tasks:
-            self.heads[t.name] = ASPPHead(ch[3], t.channels, aspp_channels, aspp_rates, aspp_dropout)
+        return ch[3]
 
     def forward(self, x: Tensor) -> ModelOutput:
         features = {"stem": self.encoder.stem(self.normalize(x))}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -198,13 +198,13 @@ def build_trunk(
     return trunk
 
 
-class ResNetASPP(TaskModules, MultiTaskModel):
-    """Hard parameter sharing: a dilated ResNet shared by all tasks, one ASPP head per task.
+class ResNetBackbone(TaskModules, MultiTaskModel):
+    """What the ResNet backbones (ResNet-ASPP, MTAN, cross-stitch) share: their settings, the input
+    normalisation, the dilated trunk(s) of :func:`build_trunk` and one ASPP head per task.
 
-    Predictions are bilinearly upsampled to the input size. Features (one pass): ``stem``
-    (conv1-BN-ReLU-maxpool), ``layer1`` .. ``layer4``; the heads read ``layer4`` (the shared
-    representation). Shared parameters: the trunk; task parameters: the heads; last shared layer:
-    the last convolution of layer4.
+    A subclass builds its networks in :meth:`build` from ``make_trunk`` (a fresh trunk per call, with
+    the ImageNet weights when ``pretrained``) and returns the channel count its heads read. Features
+    ``stem``, ``layer1`` .. ``layer4`` (the five stages the release distils).
 
     Args:
         tasks: the task list (from the dataset).
@@ -218,8 +218,8 @@ class ResNetASPP(TaskModules, MultiTaskModel):
         normalize_input: standardise inputs with ImageNet mean/std (the released code did not).
     """
 
-    representation_key = "layer4"
     feature_names = STAGES
+    distillation_stages = STAGES
 
     def __init__(
         self,
@@ -237,10 +237,29 @@ class ResNetASPP(TaskModules, MultiTaskModel):
     ) -> None:
         super().__init__(tasks)
         self.normalize = InputNormalization(*((IMAGENET_MEAN, IMAGENET_STD) if normalize_input else (None, None)))
-        self.encoder = build_trunk(depth, width, layers, output_stride, pretrained, weights)
-        cin = self.encoder.channels[-1]
+        cin = self.build(lambda: build_trunk(depth, width, layers, output_stride, pretrained, weights))
         for t in self.tasks:
             self.heads[t.name] = ASPPHead(cin, t.channels, aspp_channels, aspp_rates, aspp_dropout)
+
+    def build(self, make_trunk: Callable[[], DilatedResNet]) -> int:
+        """Build the shared network (and any task modules before the heads); return the heads' input channels."""
+        raise NotImplementedError
+
+
+class ResNetASPP(ResNetBackbone):
+    """Hard parameter sharing: a dilated ResNet shared by all tasks, one ASPP head per task.
+
+    Predictions are bilinearly upsampled to the input size. Features (one pass): ``stem``
+    (conv1-BN-ReLU-maxpool), ``layer1`` .. ``layer4``; the heads read ``layer4`` (the shared
+    representation). Shared parameters: the trunk; task parameters: the heads; last shared layer:
+    the last convolution of layer4. Args: as :class:`ResNetBackbone`.
+    """
+
+    representation_key = "layer4"
+
+    def build(self, make_trunk: Callable[[], DilatedResNet]) -> int:
+        self.encoder = make_trunk()
+        return self.encoder.channels[-1]
 
     def trunk(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         features = self.encoder(self.normalize(x))

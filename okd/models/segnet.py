@@ -39,6 +39,8 @@ class SegNet(MultiTaskModel):
 
     representation_key = "decoder"
     feature_names = ("enc1", "enc2", "enc3", "enc4", "enc5", "bottleneck", "decoder")
+    #: the five encoder stages (the counterpart of ResNet's five) and the decoder output the heads read
+    distillation_stages = ("enc1", "enc2", "enc3", "enc4", "enc5", "decoder")
 
     def __init__(self, tasks: Sequence[Task], width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__(tasks)

@@ -229,6 +229,7 @@ class ViTSegmenter(TaskModules, MultiTaskModel):
         self.encoder = create_encoder(size, patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path, dropout,
                                       resize == "none", pretrained, weights, weights_file)
         self.feature_names = tuple(f"block{i + 1}" for i in range(depth))
+        self.distillation_stages = self.feature_names  # every transformer block (the paper's transformer protocol)
         common = dict(dim=embed_dim, depth=decoder_depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                       dropout=decoder_dropout, drop_path=decoder_drop_path)
         for t in self.tasks:

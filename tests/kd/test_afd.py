@@ -226,21 +226,33 @@ def test_layout_rebuilds_the_same_adaptors_for_a_checkpoint():
     assert torch.equal(fresh(feats, {"depth": feats, "normal": feats}).total, afd(feats, {"depth": feats, "normal": feats}).total)
 
 
-@pytest.mark.parametrize("names, expected", [
-    (("stem", "layer1", "layer2", "layer3", "layer4", "aspp"), ["stem", "layer1", "layer2", "layer3", "layer4"]),
-    (("enc1", "enc2", "enc3", "enc4", "enc5", "bottleneck", "decoder"), ["enc1", "enc2", "enc3", "enc4", "enc5", "decoder"]),
-    (("patch", "block1", "block2"), ["block1", "block2"]),
-    (("x", "y"), ["x", "y"]),
+RESNET = ["stem", "layer1", "layer2", "layer3", "layer4"]
+SEGNET = ["enc1", "enc2", "enc3", "enc4", "enc5", "decoder"]
+TINY_RESNET = dict(depth=18, width=0.125, layers=[2, 2, 2, 2], aspp_channels=8)
+
+
+@pytest.mark.parametrize("target, settings, expected", [
+    ("resnet.ResNetASPP", TINY_RESNET, RESNET),                       # the five stages of the release
+    ("mtan.MTANResNet", TINY_RESNET, RESNET),                         # MTAN: its shared ResNet's
+    ("segnet.SegNet", dict(width=0.125), SEGNET),                     # the encoder stages and the decoder
+    ("mtan.MTANSegNet", dict(width=0.125), SEGNET),
+    ("cross_stitch.CrossStitchResNet", TINY_RESNET, [f"{{task}}/{s}" for s in RESNET]),  # per column
+    ("cross_stitch.CrossStitchSegNet", dict(width=0.125), [f"{{task}}/{s}" for s in SEGNET]),
+    ("vit.ViTSegmenter", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), ["block1", "block2"]),
 ])
-def test_default_stages_per_backbone(names, expected):
-    model = type("M", (nn.Module,), {"feature_names": names})()
+def test_default_stages_are_what_the_backbone_declares(target, settings, expected):
+    from hydra.utils import get_class
+
+    from okd.tasks import build_tasks
+    model = get_class(f"okd.models.{target}")(build_tasks(["depth", "normal"], 7), **settings)
+    assert list(model.distillation_stages) == expected
     assert default_stages(model) == expected
+
+
+def test_default_stages_of_a_model_that_declares_none_are_its_features():
+    model = type("M", (nn.Module,), {"feature_names": ("x", "y")})()
+    assert default_stages(model) == ["x", "y"]
     model.distillation_stages = ("y",)
     assert default_stages(model) == ["y"]
-
-
-def test_default_stages_of_per_column_features_are_templates():
-    from okd.tasks import build_tasks
-    names = tuple(f"{t}/{s}" for t in ("depth", "normal") for s in ("stem", "layer1", "layer2", "layer3", "layer4"))
-    model = type("M", (nn.Module,), {"feature_names": names, "tasks": build_tasks(["depth", "normal"])})()
-    assert default_stages(model) == [f"{{task}}/{s}" for s in ("stem", "layer1", "layer2", "layer3", "layer4")]
+    with pytest.raises(ValueError, match="kd.stages"):
+        default_stages(nn.Module())
