@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from okd import distributed
 from okd.app import build
@@ -28,14 +30,39 @@ COMMON = [
     "backbone.width=0.0625", "trainer.device=cpu", "logger=none", "trainer.progress=false",
     "trainer.optimizer._target_=torch.optim.SGD", "~trainer.optimizer.weight_decay", "trainer.log_images=0",
 ]
-CONFIGS = {
-    **{m: [f"weighting={m}"] for m in ("ew", "dwa", "uw", "rlw", "gls", "gradnorm", "famo", "mgda", "pcgrad",
-                                       "cagrad", "imtl", "nashmtl", "upgrad", "alignedmtl", "dbmtl", "gradvac")},
-    "graddrop_params": ["weighting=graddrop", "weighting.level=parameters"],
-    "okd_otw": ["kd=okd", "weighting=otw", "kd.warmup_epochs=0"],
-    "okd_pcgrad": ["kd=okd", "weighting=pcgrad", "kd.warmup_epochs=0"],
-}
-REFUSED = {"mgda_ub": ["weighting=mgda_ub"], "alignedmtl_ub": ["weighting=alignedmtl_ub"]}
+WEIGHTINGS = Path(__file__).resolve().parents[1] / "conf" / "weighting"
+#: a distiller with a gradient method, besides the weightings themselves
+EXTRA = {"okd_pcgrad": ["kd=okd", "weighting=pcgrad", "kd.warmup_epochs=0"]}
+
+
+def _weighting(option: str):
+    # ${seed} in some files resolves against a root key, as in the composed config.
+    cfg = OmegaConf.create({"seed": 0, "weighting": OmegaConf.load(WEIGHTINGS / f"{option}.yaml")})
+    return instantiate(cfg.weighting, _convert_="all")
+
+
+def configurations() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(run, refused), derived from conf/weighting/: every option is run, with OKD's teachers when
+    it needs reference losses (``okd_<option>``), or expected to be refused under torchrun when it
+    needs the shared representation; such an option is also run at ``level=parameters`` as
+    ``<option>_params`` unless another option is that (mgda_ub -> mgda)."""
+    options = sorted(p.stem for p in WEIGHTINGS.glob("*.yaml"))
+    run, refused = {}, {}
+    for option in options:
+        method = _weighting(option)
+        if method.needs_representation:
+            refused[option] = [f"weighting={option}"]
+            preset_of = option.removesuffix("_ub") if option.endswith("_ub") else None
+            if "parameters" in getattr(method, "levels", ()) and preset_of not in options:
+                run[f"{option}_params"] = [f"weighting={option}", "weighting.level=parameters"]
+        elif method.needs_reference_losses:
+            run[f"okd_{option}"] = ["kd=okd", f"weighting={option}", "kd.warmup_epochs=0"]
+        else:
+            run[option] = [f"weighting={option}"]
+    return {**run, **EXTRA}, refused
+
+
+CONFIGS, REFUSED = configurations()
 BATCH = 4
 
 

@@ -93,9 +93,14 @@ def test_every_ddp_capable_method_gives_the_whole_batch_gradients(tmp_path):
             assert any(k.startswith("distiller.teachers.") for k in grads)
         for key, value in grads.items():
             torch.testing.assert_close(two[name][key], value, rtol=2e-4, atol=1e-6, msg=f"{name}: {key}")
-    for name in ("mgda_ub", "alignedmtl_ub"):
+    refused = {name for name, value in one.items() if isinstance(value, str)}
+    assert {"mgda_ub", "alignedmtl_ub", "graddrop"} <= refused  # the representation-level options
+    for name in refused:
         assert one[name] == "accepted"
         assert two[name].startswith("refused:") and "shared representation" in two[name]
+    # every option of conf/weighting/ is run or refused (the lists are derived from it)
+    options = {p.stem for p in (ROOT / "conf" / "weighting").glob("*.yaml")}
+    assert options <= set(one) | {name.removeprefix("okd_") for name in one}
 
 
 # -- a whole run ----------------------------------------------------------------------------------
