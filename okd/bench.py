@@ -87,17 +87,9 @@ VARIANT_KEYS = ("trainer.precision", "trainer.channels_last", "trainer.compile")
 # configuration
 # --------------------------------------------------------------------------------------------------
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
+    from okd.config import compose
 
-    import okd.config  # noqa: F401  (resolvers)
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose(overrides)
 
 
 def weighting_options() -> list[str]:

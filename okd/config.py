@@ -1,9 +1,23 @@
-"""OmegaConf resolvers used by conf/ (registered on import; run.py and the tests import this)."""
+"""The resolvers conf/ uses (registered on import; run.py imports this) and :func:`compose`, conf/ composed
+as ``python run.py <overrides>`` would compose it (tests, benchmarks and the sweep tools of okd/launch.py).
+
+Resolvers: ``okd_run_name`` (W&B run names), ``okd_now`` (one start time for every process of a DDP
+job), ``okd_subdir`` (a sweep job's folder, named after its overrides), ``okd_stl_runs`` (KD-MTL's
+teachers are the single-task runs of the same sweep) and ``okd_direction`` (the Optuna direction that
+matches ``trainer.monitor``). Nothing here imports torch at module level: run.py imports this module
+before Hydra parses the command line.
+"""
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
+from pathlib import Path
+from typing import Sequence
 
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def run_name(name: str, overrides: str = "") -> str:
@@ -25,12 +39,104 @@ def now(pattern: str) -> str:
     return (_shared_start or datetime.now()).strftime(pattern)
 
 
+def stl_runs(tasks: Sequence[str], key: str = "experiment", prefix: str = "stl_") -> dict[str, str]:
+    """``{task: run dir}`` of this job's single-task siblings: the same overrides with
+    ``<key>=<prefix><task>`` in place of this job's ``<key>`` choice, in the same parent folder.
+
+    Sweep files name a job's folder after its overrides (``hydra.sweep.subdir``, resolver
+    ``okd_subdir``), so ``experiment=kdmtl_sweep,seed=1`` finds its teachers in
+    ``experiment=stl_depth,seed=1`` etc.: same seed and same extra overrides, whatever they are.
+    """
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    settings = hc.job.config.override_dirname
+    exclude, item_sep, kv_sep = list(settings.exclude_keys), settings.item_sep, settings.kv_sep
+    position = [i for i, o in enumerate(overrides) if o.split("=", 1)[0].lstrip("+~") == key]
+    here = Path(hc.runtime.output_dir)
+    if not position or here.name != job_subdir(overrides_dirname(overrides, exclude, item_sep, kv_sep)):
+        raise ValueError(f"okd_stl_runs: {here} is not a job folder of a sweep (its name is not its overrides): "
+                         f"the single-task teachers are found next to a run only in a sweep of conf/sweep/, e.g. "
+                         f"`python run.py -m +sweep=<name> {key}=kdmtl_sweep`; otherwise use experiment=kdmtl "
+                         f"with kd.teachers.<task>=<run dir>")
+    out = {}
+    for task in tasks:
+        sibling = list(overrides)
+        name = sibling[position[0]].split("=", 1)[0]
+        sibling[position[0]] = f"{name}={prefix}{task}"
+        out[str(task)] = str(here.parent / job_subdir(overrides_dirname(sibling, exclude, item_sep, kv_sep)))
+    return out
+
+
+#: file systems refuse names over 255 bytes; Optuna's floats and a few extra overrides get there
+MAX_SUBDIR_BYTES = 200
+
+
+def job_subdir(override_dirname: str) -> str:
+    """A job's folder name from its ``override_dirname`` (resolver ``okd_subdir``): the name itself,
+    with '/' (paths in values) written as '%2F' so that it stays one folder, and when longer than
+    :data:`MAX_SUBDIR_BYTES` a prefix plus a hash of the whole name, so that it stays unique."""
+    name = override_dirname.replace("%", "%25").replace("/", "%2F")
+    raw = name.encode()
+    if len(raw) <= MAX_SUBDIR_BYTES:
+        return name
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    return raw[: MAX_SUBDIR_BYTES - 13].decode(errors="ignore") + "~" + digest
+
+
+def overrides_dirname(overrides: Sequence[str], exclude_keys: Sequence[str], item_sep: str = ",",
+                      kv_sep: str = "=") -> str:
+    """Hydra's ``hydra.job.override_dirname`` of an override list (the rule of Hydra 1.3's
+    config loader: drop excluded keys, sort the lines, join, then replace '=' by kv_sep)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    lines = sorted(o.input_line for o in parsed if o.key_or_group not in exclude_keys)
+    return item_sep.join(lines).replace("=", kv_sep)
+
+
+def direction(monitor: str) -> str:
+    """Optuna direction of ``trainer.monitor``: run.py returns its best value on the selection split;
+    'loss' and error metrics are minimised, mIoU / pixel accuracy / 'within' percentages maximised."""
+    if monitor == "loss":
+        return "minimize"
+    from okd.tasks import Depth, Normal, Segmentation
+
+    directions = {f"{cls.name}/{m}": hib for cls in (Segmentation, Depth, Normal)
+                  for m, hib in cls.higher_is_better.items()}
+    if monitor not in directions:
+        raise ValueError(f"trainer.monitor={monitor!r}: expected 'loss' or one of {sorted(directions)}")
+    return "maximize" if directions[monitor] else "minimize"
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("okd_run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("okd_now", now, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("okd_stl_runs", lambda tasks: stl_runs(list(tasks)), replace=True)
+    OmegaConf.register_new_resolver("okd_direction", direction, replace=True)
+    OmegaConf.register_new_resolver("okd_subdir", lambda name: job_subdir(str(name)), replace=True)
 
 
 register_resolvers()
 
-import okd.launch  # noqa: E402,F401  (resolvers of conf/sweep/ and experiment=kdmtl_sweep)
 import okd.slurm  # noqa: E402,F401  (hydra/launcher=okd_slurm's schema)
+
+
+def compose(overrides: Sequence[str] = (), as_run: bool = True) -> DictConfig:
+    """conf/config.yaml with ``overrides``, Hydra's node included, as ``python run.py <overrides>`` composes it.
+
+    ``as_run``: also make it the current run's HydraConfig, so that ``${hydra:...}`` resolves as in a
+    run (tests, benchmarks); otherwise Hydra's global state is cleared again afterwards (inside a run).
+    """
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+    finally:
+        if not as_run:
+            GlobalHydra.instance().clear()
+    if as_run:
+        HydraConfig.instance().set_config(cfg)
+    return cfg
