@@ -1,34 +1,19 @@
-"""The weighting interface: how per-task losses become one backward pass.
+"""The weighting interface: how per-task losses become one backward pass (docs/weighting.md#the-interface).
 
-Every method of the zoo is one small subclass of :class:`Weighting`:
+* :class:`LossWeighting`: a method implements :meth:`LossWeighting.weights` (a (K,) tensor that
+  may carry gradient into learnable weights); the base class backpropagates ``sum_k w_k L_k``
+  plus any extra loss, once.
+* :class:`GradientWeighting`: a method implements :meth:`GradientWeighting.combine` (and, where
+  needed, :meth:`~GradientWeighting.combine_representation`, :meth:`~GradientWeighting.head_weights`);
+  the base class forms the per-task gradients at the chosen ``level`` from the trainer's single
+  forward pass, writes the combined direction and the heads' gradients.
 
-* loss-based methods (EW, DWA, UW, RLW, ...) subclass :class:`LossWeighting` and implement
-  :meth:`LossWeighting.weights` -- a (K,) tensor that may carry gradient (UW's learnable
-  log-variances) -- and the base class backpropagates ``sum_k w_k L_k`` plus any extra loss;
-* gradient-based methods (MGDA, PCGrad, CAGrad, ...) subclass :class:`GradientWeighting` and
-  implement :meth:`GradientWeighting.combine`, which maps the K x P matrix of per-task gradients of
-  the shared parameters to one update direction. The base class forms those gradients from the
-  single forward pass the trainer already did, gives the task-specific parameters their ordinary
-  gradients and writes the combined direction into the shared parameters' ``.grad``.
-
-The trainer calls, in order: :meth:`Weighting.bind` once (before the optimizer is built, so that
-learnable weights can join it through :meth:`Weighting.param_groups`), then per step
-:meth:`Weighting.backward` and, after ``optimizer.step()``, :meth:`Weighting.after_step`; at the end
-of every training epoch :meth:`Weighting.on_epoch_end`. State that must survive a resume lives in
-the module's ``state_dict`` (parameters, buffers) or in :meth:`extra_state` for Python values.
-
-Loss scaling (fp16 mixed precision, ``trainer.precision=16``): :meth:`Weighting.backward` takes
-``loss_scale`` S, a 0-dim float32 tensor on the losses' device (GradScaler's current scale), or
-None. With S, every gradient a method leaves in ``.grad`` -- the network's and the method's own
-learnable parameters' -- is S times its unscaled value, exactly what ``scaler.scale(objective)
-.backward()`` would leave, so ``scaler.unscale_``/``scaler.step`` can follow. Every gradient a
-method reasons about (per-task rows, representation gradients, norms) is taken from the scaled
-losses S L_k (no fp16 underflow) and divided by S in float32 before use, so the method's decisions
-are those of the unscaled run. When a scaled gradient overflows, non-finite values reach ``.grad``
-(GradScaler then skips the step) and no state derived from gradients is updated. The helpers
-below (:func:`scaled`, :func:`unscaled`, :func:`all_finite`, :func:`keep_if_finite`,
-:func:`mark_overflow`, :func:`scaled_direction`, :func:`finite_or_zero`) are the only place this
-arithmetic lives; with S None they change nothing, so fp32/bf16 training is unchanged bit for bit.
+Loss scaling (fp16, docs/weighting.md#fp16-loss-scaling): ``backward(..., loss_scale=S)``; every
+``.grad`` written is S times the unscaled one, every decision is taken on gradients divided by S,
+and an overflow step writes NaN and updates no state. The helpers below (:func:`scaled`,
+:func:`unscaled`, :func:`all_finite`, :func:`keep_if_finite`, :func:`mark_overflow`,
+:func:`scaled_direction`, :func:`finite_or_zero`) are the only place this arithmetic lives; with
+S None they change nothing, bit for bit.
 """
 from __future__ import annotations
 

@@ -63,23 +63,14 @@ def cagrad_weights(matrix: Tensor, c: float, eps: float = 1e-4) -> Tensor:
 class CAGrad(GradientWeighting):
     """Conflict-averse gradient: the best worst-task improvement within a ball around g0.
 
-    Liu et al. 2021, Eq. (3)-(5): maximise min_k g_k . d over ||d - g0|| <= c ||g0||, with
-    g0 = (1/K) sum_k g_k; solved through its K-dimensional dual (:func:`cagrad_weights`). c = 0
-    gives g0 (EW, mean).
-
-    Scale (``rescale`` and ``times_k``): the official code returns K d / (1 + c^2) (rescale 1 and
-    "x K to match the sum loss", the default here); LibMTL returns d / (1 + c^2). rescale 0 gives
-    d, 2 gives d / (1 + c). The returned weights are the effective coefficients on the raw g_k,
-    with the same scale as the direction. Heads: raw gradients (the official code has no
-    representation version). Cost: K backward passes and a K-dimensional convex solve.
-    Loss scaling (fp16): the base class unscales the rows before :meth:`combine` and scales the
-    direction; stateless, so an overflow step only writes NaN.
+    Liu et al., NeurIPS 2021, Eqs. (3)-(5): maximise min_k g_k . d over ||d - g0|| <= c ||g0||,
+    solved through its K-dimensional dual (:func:`cagrad_weights`); c = 0 gives g0. The returned
+    weights are the coefficients on the raw g_k; heads raw (docs/weighting.md#cagrad).
 
     Args:
-        c: radius of the ball (``alpha`` in the code): 0.4 (official NYUv2 / Cityscapes scripts,
-            Nash-MTL and FAMO repos; the default), 0.5 (LibMTL ``calpha``), 0.6 (second
-            Cityscapes run).
-        rescale: 1 (default: official, LibMTL), 0 or 2.
+        c: radius of the ball (``alpha`` in the code): 0.4 (official scripts; default), 0.5
+            (LibMTL), 0.6 (second Cityscapes run).
+        rescale: 1 (default: official, LibMTL) gives d / (1 + c^2), 0 gives d, 2 d / (1 + c).
         times_k: multiply by K (True: official code) or not (False: LibMTL).
         eps: ||g_w|| below eps x the largest gradient norm counts as Pareto-stationary (mean
             weights); 1e-4, see :func:`cagrad_weights`.

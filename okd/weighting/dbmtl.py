@@ -10,29 +10,12 @@ from okd.weighting.base import GradientWeighting, all_finite, keep_if_finite
 class DBMTL(GradientWeighting):
     """Dual-Balancing MTL: loss-scale balancing by logs, gradient-magnitude balancing by norms.
 
-    Lin, Jiang, Ye, Zhang, Chen, Chen, Liu, Kwok, "Dual-Balancing for Multi-Task Learning",
-    arXiv 2308.12029 (2023), Sec. 3 and Algorithm 1; defaults from LibMTL's ``DB_MTL``.
-
-    * Loss scale: each task contributes ``log(L_k + 1e-8)``. Its gradient on the shared
-      parameters is ``h_k = grad log(L_k + 1e-8)``; the heads receive it too, unweighted.
-    * EMA: ``gh_k <- b_t gh_k + (1 - b_t) h_k`` with ``b_t = beta / t^beta_sigma``, t counted
-      from 1, buffers initialised to 0 and no bias correction (so the first update is
-      ``(1 - beta)`` times smaller -- reference behaviour).
-    * Gradient magnitude: ``a_k = max_j ||gh_j|| / (||gh_k|| + 1e-8)`` and
-      ``d = sum_k a_k gh_k`` = (largest norm) x (sum of unit directions).
-
-    :meth:`backward` differentiates ``log(L_k + 1e-8)`` (computed in float32) in the one graph, so
-    :meth:`combine` receives the rows ``h_k`` (gradients of the *log*-losses) and returns
-    ``(d, a)``; the logged weights are ``a_k``, the coefficients on the EMA buffers.
-
-    State (``state_dict``): the K x P buffer ``grad_ema`` (the gh_k, in the shared parameters'
-    dtype: one extra copy of the shared gradient per task) and the step count. No host sync.
-
-    Loss scaling (fp16): the rows h_k come from S log(L_k + eps) and are unscaled before the EMA
-    (base class). A step whose rows are not all finite (an fp16 overflow, or a NaN loss) updates
-    neither the EMA nor the step count -- device-side ``where``, no sync -- and the written
-    direction is NaN under loss scaling, so GradScaler skips it; the next step continues from
-    the same state.
+    Lin et al., "Dual-Balancing for Multi-Task Learning", arXiv 2308.12029, Sec. 3 and
+    Algorithm 1 (defaults from LibMTL's ``DB_MTL``). :meth:`backward` differentiates
+    ``log(L_k + 1e-8)`` (heads get it unweighted); :meth:`combine` keeps an EMA gh_k of those rows
+    (``beta / t^beta_sigma``, no bias correction) and returns ``d = sum_k a_k gh_k`` with
+    ``a_k = max_j ||gh_j|| / (||gh_k|| + 1e-8)`` (logged). State: the K x P buffer ``grad_ema`` and
+    the step count; a step with non-finite rows updates neither (docs/weighting.md#dbmtl).
     """
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> None:

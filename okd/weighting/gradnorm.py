@@ -19,35 +19,15 @@ _EPS = 1e-12
 class GradNorm(LossWeighting):
     """Learn loss weights w so that every task's gradient norm at W trains at a common rate.
 
-    W is the last shared layer (``bound.last_shared_parameters``). Per step t (Chen et al. 2018):
-
-        G_k(t)   = ||grad_W (w_k L_k(t))||_2 = w_k ||grad_W L_k(t)||_2
-        Gbar(t)  = mean_k G_k(t)
-        r_k(t)   = (L_k(t) / L_k(0)) / mean_j (L_j(t) / L_j(0))      (inverse training rate)
-        L_grad   = sum_k | G_k(t) - const(Gbar(t) r_k(t)^alpha) |     (Eqs. 1-2)
-
-    w receives only grad_w L_grad; the network receives only the gradient of sum_k w_k L_k (plus
-    the unweighted extra loss). After every optimizer step w is renormalised to sum_k w_k = K
-    (Algorithm 1), which decouples GradNorm from the global learning rate. Only the K gradients
-    of W are formed (one ``autograd.grad`` per task through the heads), never full per-task
-    gradients. L_k(0) is the loss of the first step, kept in a buffer.
-
-    Loss scaling (fp16): the K gradients of W are taken from S L_k and divided by S before their
-    norms, so L_grad and w's update are the unscaled run's; both backward passes (L_grad into w,
-    the objective into the network) are of S times their loss. On overflow the norms are inf/NaN,
-    so w.grad is NaN and GradScaler skips the step; w itself only changes through the optimizer
-    (and the renormalisation in :meth:`after_step`), so a skipped step leaves it as it was.
-
-    Variants not implemented here: LibMTL parameterises w = K softmax(logits), trains the logits
-    with the network's optimizer, takes L(0) from the first epoch's mean (EW during epoch 0) and
-    uses the gradients of all shared parameters.
+    Chen et al., ICML 2018, Eqs. (1)-(2) and Algorithm 1: w gets only grad_w L_grad, with
+    L_grad = sum_k |w_k ||grad_W L_k|| - const(mean_j G_j r_k^alpha)| on the last shared layer W;
+    the network gets sum_k w_k L_k; w is renormalised to sum K after every step; L_k(0) is the
+    first step's loss (docs/weighting.md#gradnorm).
 
     Args:
-        alpha: restoring-force strength, >= 0 (1.5 is the paper's NYUv2 value and LibMTL's
-            default; alpha = 0 asks for equal gradient norms).
-        lr: learning rate of w's own parameter group. 0.025 is this framework's default, not a
-            published value: the paper gives none, and LibMTL trains w with the network's lr.
-            ``None`` leaves the group without an ``lr`` so the optimizer's default applies.
+        alpha: restoring-force strength, >= 0 (1.5: the paper's NYUv2 value, LibMTL's default).
+        lr: learning rate of w's own parameter group (0.025: this framework's choice, not
+            published); ``None`` leaves the optimizer's default.
     """
 
     def __init__(self, alpha: float = 1.5, lr: float | None = 0.025) -> None:

@@ -64,29 +64,15 @@ def vaccine_coefficients(
 class GradVac(GradientWeighting):
     """Steer every pairwise gradient cosine towards an EMA of its past values.
 
-    Wang et al. 2021, Algorithm 2: for each task i and every other task j (random order), per
-    parameter group, raise cos(g_i', g_j) to the target phi_hat[i, j] when it is below it (the
-    correction of :func:`vaccine_coefficients`), then update the target by an EMA with rate
-    ``beta``. The update is d = sum_i g_i' (EW's sum scale). With phi_hat = 0 the correction is
-    PCGrad's projection, so the first step equals PCGrad (same orders).
-
-    State: ``phi_hat`` (K, K, n_groups), a float64 buffer initialised to 0 (in ``state_dict``); the
-    order generator (CPU, ``seed``) in :meth:`extra_state`. The returned weights are the
-    coefficients on the raw g_k (averaged over groups, weighted by group size).
-
-    Groups (fixed order: the bound model's shared parameters): ``whole`` (LibMTL group_type 0,
-    default) or ``tensor`` (one group per parameter tensor, LibMTL 2). LibMTL's type 1 (one group
-    per leaf module) needs module boundaries, which :class:`~okd.weighting.base.BoundModel` does not
-    carry. Cost: K backward passes, one K x K Gram per group, K(K-1) small vector ops.
-
-    Loss scaling (fp16): the rows are unscaled before the Gram matrices (base class). A step with
-    a non-finite row (overflow) leaves phi_hat unchanged (device-side ``where``); its coefficients
-    are NaN, so is the written direction, and GradScaler skips it. The task orders drawn for it
-    are consumed (the generator does not rewind).
+    Wang et al., ICLR 2021, Algorithm 2: for each task i and every other j (random order), per
+    parameter group, raise cos(g_i', g_j) to the target phi_hat[i, j] when below it
+    (:func:`vaccine_coefficients`), then update phi_hat by an EMA with rate ``beta``;
+    d = sum_i g_i'. The first step equals PCGrad. State: ``phi_hat`` and the order generator;
+    logged weights: the coefficients on the raw g_k (docs/weighting.md#gradvac).
 
     Args:
         beta: EMA rate of phi_hat; 1e-2 (paper's experiments; LibMTL default 0.5).
-        group_type: ``whole`` or ``tensor``.
+        group_type: ``whole`` (LibMTL type 0) or ``tensor`` (one group per tensor, LibMTL 2).
         seed: seed of the order generator.
         eps: guards the norms' divisions (1e-8).
     """

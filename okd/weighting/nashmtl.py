@@ -16,44 +16,14 @@ ACCEPT_RESIDUAL = 1e-3
 
 
 class NashMTL(GradientWeighting):
-    """Nash-MTL: d = G^T alpha with alpha the bargaining solution.
+    """Nash-MTL: d = G^T alpha with alpha the bargaining solution, alpha_k (g_k . d) = 1.
 
-    Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya, "Multi-Task Learning as a
-    Bargaining Game", ICML 2022, arXiv 2202.01017, Sec. 3 (Claim 3.1): the Nash bargaining
-    direction is ``d = sum_k alpha_k g_k`` with alpha > 0 solving
-
-        alpha_k (g_k . d) = 1 for every k,  i.e.  (M alpha)_k = 1 / alpha_k,  M = G G^T.
-
-    Solver (docs/weighting.md#nashmtl): the paper approximates this system by a sequence of convex problems (CCP,
-    solved with cvxpy in the official code). alpha is also the unique minimiser of the strictly
-    convex ``f(a) = 1/2 a^T M a - sum_k log a_k`` on a > 0 (gradient ``M a - 1/a``), so we run
-    damped Newton on f -- each Newton step minimises a local convex (quadratic) model of f, and the
-    iterates converge quadratically to the exact solution of the raw system, which the reference's
-    CCP approaches as well. Float64, K x K, warm-started from the previous alpha rescaled
-    along its ray (``t = sqrt(K / a^T M a)`` minimises f(t a) in closed form, which makes the warm
-    start exact under a change of gradient scale). If f is unbounded (0 is in the convex hull of the
-    g_k, e.g. g_2 = -g_1) or the solve does not reach ``ACCEPT_RESIDUAL`` in ``optim_niter``
-    iterations, the previous alpha is kept, as the reference does when its solver fails.
-
-    Like the reference, the objective is ``sum_k alpha_k L_k``: the heads get the alpha-weighted
-    gradient ``alpha_k grad L_k``. The shared direction ``d = G^T alpha`` is then clipped to norm
-    ``max_norm`` (the reference calls ``clip_grad_norm_(shared_parameters, max_norm)`` after
-    backward; here only the combined direction is clipped, so an ``extra_loss`` gradient is added
-    unclipped). Scale: alpha ~ 1/||g|| and d is invariant to a common scale of the gradients; heads
-    are not clipped, so with tiny gradients they receive large steps (as in the reference).
-
-    Every ``update_weights_every`` steps the weights are re-solved (K backward passes); in between
-    alpha is reused and a single backward pass of ``sum_k alpha_k L_k`` is done. The returned
-    (logged) weights are alpha (unclipped). One host sync per update step: the Newton loop branches
-    on values, so the K x K Gram matrix is moved to the CPU.
-
-    Loss scaling (fp16): the rows are taken from S L_k and divided by S before the Gram matrix, so
-    alpha and the clipping are the unscaled run's; heads get S alpha_k grad L_k, the shared
-    parameters S clip(G^T alpha). An overflow on an update step makes the Gram matrix non-finite:
-    the solve is refused (alpha, the warm start, is kept), the written direction is NaN, and the
-    step counter does not advance, so the next step solves again (the host already reads the Gram
-    matrix, so this costs no extra sync). An overflow on a reuse step (update_weights_every > 1)
-    also writes NaN but advances the counter: checking it would cost a sync those steps avoid.
+    Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022, arXiv 2202.01017, Sec. 3.
+    alpha minimises ``1/2 a^T M a - sum_k log a_k`` (damped Newton, :func:`solve_nash_system`,
+    warm-started; the previous alpha is kept when the solve fails). The objective is
+    sum_k alpha_k L_k: heads alpha-weighted, the shared direction clipped to ``max_norm``; every
+    ``update_weights_every`` steps alpha is re-solved, in between reused with one backward.
+    Logged weights: alpha (docs/weighting.md#nashmtl).
     """
 
     def __init__(

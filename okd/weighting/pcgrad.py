@@ -35,24 +35,10 @@ def pcgrad_coefficients(matrix: Tensor, orders: Sequence[Sequence[int]], eps: fl
 class PCGrad(GradientWeighting):
     """Project each task gradient off the normal plane of every gradient it conflicts with.
 
-    Yu et al. 2020, Algorithm 1, Eq. (1): g_i' = g_i, then for every j != i in a random order,
-    if g_i' . g_j < 0: g_i' <- g_i' - (g_i' . g_j / ||g_j||^2) g_j. The update is
-    d = sum_i g_i' (``reduction: sum``; official code, LibMTL, Nash-MTL repo) or its mean
-    (``mean``; the CAGrad repo before its x K). Scale: the sum equals EW's when nothing conflicts.
-
-    Computed in Gram form (docs/weighting.md#pcgrad): C = I, g_i' = sum_j C_ij g_j, d = G^T (C^T 1), O(K^3) on
-    the K x K Gram matrix (float64, on the gradients' device, without host syncs). The returned
-    weights are the effective coefficients C^T 1 (/ K for ``mean``) on the raw gradients.
-
-    Randomness: a fresh order of the other tasks for every i at every step, from a CPU
-    ``torch.Generator`` seeded with ``seed`` and saved in :meth:`extra_state`. (The TF code's
-    shuffle is a no-op, so its order is fixed; LibMTL shuffles all K indices including i.)
-
-    Cost: K backward passes, K x K Gram, K(K-1) tiny vector ops. Heads: raw gradients.
-
-    Loss scaling (fp16): the base class unscales the rows before :meth:`combine` and scales the
-    direction. An overflow step projects on a zero Gram matrix (C = I: finite logged weights),
-    writes NaN (GradScaler skips it) and consumes its draw of the orders.
+    Yu et al., NeurIPS 2020, Algorithm 1, Eq. (1), in Gram form: g_i' = sum_j C_ij g_j,
+    d = G^T (C^T 1) (``reduction: sum``) or its mean; a fresh random order of the other tasks for
+    every i and step from the method's generator. Logged weights: C^T 1 (/ K for ``mean``); heads
+    raw (docs/weighting.md#pcgrad).
 
     Args:
         reduction: ``sum`` (default, official) or ``mean``.

@@ -15,24 +15,10 @@ from okd.weighting.solvers import gram
 class UPGrad(GradientWeighting):
     """UPGrad: ``d = sum_i p_i pi_C(g_i)``, pi_C the projection onto the cone {x : G x >= 0}.
 
-    Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232 (2024),
-    Sec. 3 (UPGrad); reference implementation torchjd ``UPGrad`` (default ``pref_vector`` = 1/K).
-
-    Weight form (Prop. 1 of the paper): ``pi_C(G^T u) = G^T v`` with
-    ``v = argmin_v v^T M v  s.t.  v >= u``, M = G G^T. One K-variable QP per task,
-    ``u = p_i e_i``; then ``w = sum_i v^(i)`` and ``d = G^T w``. As in torchjd, the QP uses
-    ``M~ = M / tr(M)`` (zeros if ``tr(M) < norm_eps``) plus ``reg_eps * I``; the regulariser
-    shifts w by about reg_eps relative and makes every QP strictly convex.
-
-    The QPs are solved exactly by the active-set method of :func:`okd.weighting.qp.nonnegative_qp`
-    (torchjd calls quadprog). Properties: ``G d >= 0`` (no task conflicts with d, up to the
-    regulariser), equals PCGrad with mean reduction for K = 2, ``d = 0`` when the g_k positively
-    span the space. Scale: w is invariant to a common scale of the gradients, d scales like G (mean
-    scale). Heads get their ordinary gradients. The logged weights are w. One host sync per step:
-    the active-set loop branches on values, so M goes to the CPU.
-
-    Loss scaling (fp16): the base class unscales the rows before :meth:`combine` and scales the
-    direction; stateless, so an overflow step (its Gram matrix counts as zeros) only writes NaN.
+    Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232, Sec. 3;
+    reference torchjd ``UPGrad``. In weight form one K-variable QP per task on
+    ``M / tr(M) + reg_eps I`` (:func:`okd.weighting.qp.nonnegative_qp`, exact active set);
+    d = G^T w, logged weights w; heads raw (docs/weighting.md#upgrad).
     """
 
     def __init__(
