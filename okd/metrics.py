@@ -110,16 +110,18 @@ def sweep_stl_values(run_dir, dataset: str, backbone: str | None, tasks, selecti
 def resolve_base(*, run_dir, tasks, dataset: str, backbone: str | None, teacher_values: Mapping[str, float],
                  stl_runs, reference: Mapping[str, float] | None, selection: str = "best") -> dict | None:
     """The base of delta_m/delta_p, by priority: this run's teachers (OKD), single-task runs given by
-    path, single-task runs finished in the same sweep, published reference numbers from config."""
+    path, single-task runs finished in the same sweep, published reference numbers from config.
+    ``kind`` (teachers | stl_runs | sweep | reference) says which, for programs; ``source`` for people."""
     if teacher_values:
-        return {"source": "teachers of this run (single-task networks trained alongside)",
+        return {"kind": "teachers", "source": "teachers of this run (single-task networks trained alongside)",
                 "values": dict(teacher_values)}
     if stl_runs:
-        return {"source": f"single-task runs {list(map(str, stl_runs))}",
+        return {"kind": "stl_runs", "source": f"single-task runs {list(map(str, stl_runs))}",
                 "values": stl_values_from_runs(stl_runs, selection)}
     values, used = sweep_stl_values(run_dir, dataset, backbone, tasks, selection)
     if values:
-        return {"source": f"single-task runs of the same sweep {used}", "values": values}
+        return {"kind": "sweep", "source": f"single-task runs of the same sweep {used}", "values": values}
     if reference:
-        return {"source": "reference numbers from config (delta.reference)", "values": dict(reference)}
+        return {"kind": "reference", "source": "reference numbers from config (delta.reference)",
+                "values": dict(reference)}
     return None

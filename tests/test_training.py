@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from okd.app import build, run
-from test_config import compose_cfg
-from wandb_records import read_run
+from okd.config import compose as compose_cfg
+from tests.wandb_records import read_run
 
 TINY = ["dataset.train_size=16", "dataset.val_size=8", "dataset.test_size=8", "dataset.height=32",
         "dataset.width=32", "trainer.batch_size=8", "trainer.progress=false", "logger=none"]
@@ -226,7 +226,7 @@ def test_every_weighting_trains_under_okd(tmp_path, method):
     train = rows(tmp_path)[0]
     assert np.isfinite(train["afd/total"]) and train["afd/total"] > 0
     assert all(np.isfinite(train[f"weight/{t}"]) for t in ("segmentation", "depth", "normal"))
-    assert summary["delta"]["base"]["source"].startswith("teachers")
+    assert summary["delta"]["base"]["kind"] == "teachers" and summary["delta"]["base"]["source"].startswith("teachers")
 
 
 def test_single_task_runs_of_the_same_sweep_become_the_base(tmp_path):
@@ -238,7 +238,7 @@ def test_single_task_runs_of_the_same_sweep_become_the_base(tmp_path):
             choices={"backbone": "segnet"})
     summary = run(compose_cfg([*TINY, "trainer.epochs=1", "dataset.tasks=[segmentation,depth]"]), sweep / "2",
                   choices={"backbone": "segnet"})
-    assert summary["delta"]["base"]["source"].startswith("single-task runs of the same sweep")
+    assert summary["delta"]["base"]["kind"] == "sweep"
     (sweep / "multirun.yaml").unlink()  # the same dirs outside a sweep are not used
     summary = run(compose_cfg([*TINY, "trainer.epochs=1", "dataset.tasks=[segmentation,depth]"]), sweep / "3",
                   choices={"backbone": "segnet"})

@@ -23,6 +23,7 @@ from okd.data.base import DataBundle
 from okd.errors import OkdError
 from okd.engine import preemption
 from okd.engine.preemption import Preempted
+from okd.engine import summary
 from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
@@ -179,9 +180,9 @@ class Trainer:
                 signum = self._agreed_signal()
                 if signum and epoch + 1 < self.epochs:  # arrived during evaluation: last.pt is this epoch's
                     raise Preempted(signum, epoch + 1, 0)
-            summary = self._summary(time.perf_counter() - started, epoch_times)
-            self.recorder.write_summary(summary)
-            ctx.logger.summary(_flat_summary(summary))
+            result = self._summary(time.perf_counter() - started, epoch_times)
+            self.recorder.write_summary(result)
+            ctx.logger.summary(summary.flat(result))
             exit_code = 0
         except Preempted as stop:
             exit_code = stop.exit_code
@@ -195,7 +196,7 @@ class Trainer:
         if exit_code != 0:
             raise SystemExit(exit_code)
         self._farewell()
-        return summary
+        return result
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signal = signum  # acted on at the end of the current step (under DDP: the next one)
@@ -683,59 +684,6 @@ class Trainer:
             console.info(f"resuming from {path} after epoch {state['epoch']}")
         return state["epoch"] + 1, state.get("wandb_id")
 
-    def _selections(self) -> dict[str, dict]:
-        """Report-split numbers under three model-selection rules: the best epoch on the selection
-        split, the last epoch, and the mean of the last N epochs (the SegNet benchmark protocol)."""
-        report = self.ctx.data.report_split
-        history = [r for r in self.recorder.rows() if r.get("split") == report]
-        if not history:
-            return {}
-        n = int(self.ctx.delta.get("last_n", 10))
-        tail = history[-n:]
-        keys = [k for k in tail[-1] if _is_metric(k)]
-        out = {"last": {"epoch": history[-1]["epoch"], "split": report, "metrics": _pick(history[-1])}}
-        out["last_n_mean"] = {"epochs": [r["epoch"] for r in tail], "last_n": n, "split": report,
-                              "metrics": {k: sum(r[k] for r in tail) / len(tail) for k in keys}}
-        if self.best is not None:
-            best_row = next(r for r in history if r["epoch"] == self.best["epoch"])
-            out["best"] = {"epoch": self.best["epoch"], "split": report, "chosen_on": self.best["split"],
-                           "monitor": self.best["monitor"], "metrics": _pick(best_row)}
-        # the teachers' numbers of the same epochs (OKD), kept apart from the student's
-        for name, rows in (("last", [history[-1]]), ("last_n_mean", tail)):
-            out[name]["teacher_metrics"] = _teacher_mean(rows)
-        if "best" in out:
-            out["best"]["teacher_metrics"] = _teacher_mean([best_row])
-        return out
-
-    def _deltas(self, selections: dict[str, dict]) -> dict[str, Any]:
-        from okd import metrics as mtl
-
-        ctx = self.ctx
-        if len(ctx.tasks) < 2:
-            return {"base": None, "reason": "single-task run: it is a baseline itself"}
-        if not selections:
-            return {"base": None, "reason": "no evaluation of the report split"}
-        chosen = self.ctx.delta.get("selection", "best")
-        if chosen not in selections:
-            chosen = "last"
-        base = mtl.resolve_base(
-            run_dir=ctx.run_dir, tasks=[t.name for t in ctx.tasks], dataset=ctx.data.name,
-            backbone=ctx.choices.get("backbone"), teacher_values=selections[chosen]["teacher_metrics"],
-            stl_runs=ctx.delta.get("stl_runs") or [], reference=ctx.delta.get("reference"),
-        )
-        if base is None:
-            return {"base": None, "reason": "no single-task base: no teachers in this run, no delta.stl_runs, "
-                                            "no delta.reference, no finished single-task run in this sweep"}
-        out: dict[str, Any] = {"definition": mtl.DEFINITION, "base": base, "headline": chosen}
-        for name, sel in selections.items():
-            values = sel["metrics"]
-            base_values = sel["teacher_metrics"] if base["source"].startswith("teachers") else base["values"]
-            try:
-                out[name] = mtl.deltas(values, base_values, self.directions)
-            except ValueError as err:
-                out[name] = {"error": str(err)}
-        return out
-
     def load_model_state(self, state: dict[str, Any], path: Path) -> None:
         """Load a checkpoint's weights into the model, with every mismatch named."""
         ctx = self.ctx
@@ -751,8 +699,11 @@ class Trainer:
     def _summary(self, seconds: float, epoch_times: list[float]) -> dict[str, Any]:
         ctx = self.ctx
         last = getattr(self, "last_rows", {})
-        selections = self._selections()
-        delta = self._deltas(selections)
+        selections = summary.selections(self.recorder.rows(), ctx.data.report_split, self.best,
+                                        int(ctx.delta.get("last_n", 10)))
+        delta = summary.deltas(selections, tasks=[t.name for t in ctx.tasks], dataset=ctx.data.name,
+                               backbone=ctx.choices.get("backbone"), run_dir=ctx.run_dir, delta=ctx.delta,
+                               directions=self.directions)
         return {
             "run_dir": str(ctx.run_dir),
             "dataset": ctx.data.name,
@@ -818,22 +769,6 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _is_metric(key: str) -> bool:
-    """``<task>/<metric>`` keys of the student (not losses, weights or teacher rows)."""
-    return "/" in key and not key.startswith(("loss", "weight/", "teacher/"))
-
-
-def _pick(row: Mapping[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in row.items() if _is_metric(k)}
-
-
-def _teacher_mean(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    keys = [k for k in rows[-1] if k.startswith("teacher/") and not k.startswith("teacher/loss")
-            and k.count("/") == 2]
-    return {k[len("teacher/"):]: sum(r[k] for r in rows) / len(rows) for k in keys
-            if all(isinstance(r.get(k), (int, float)) for r in rows)}
-
-
 def _console_rows(rows: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Keep the console compact: losses and weights for train, metrics for evaluation splits."""
     out = {}
@@ -844,30 +779,3 @@ def _console_rows(rows: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str
         else:
             out[split] = {k: v for k, v in values.items() if not k.startswith(("loss", "teacher/"))}
     return out
-
-
-def _flat_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """W&B summary keys: final/<split>/<metric>, best/<split>/<metric>, best/epoch, ..."""
-    flat: dict[str, Any] = {}
-    for split, values in (summary.get("final") or {}).items():
-        for k, v in values.items():
-            flat[f"final/{split}/{k}"] = v
-    best = summary.get("best") or {}
-    if best:
-        flat["best/epoch"] = best["epoch"]
-        for split, values in best["metrics"].items():
-            for k, v in values.items():
-                flat[f"best/{split}/{k}"] = v
-    for name, sel in (summary.get("selection") or {}).items():
-        for k, v in sel["metrics"].items():
-            flat[f"{name}/{sel['split']}/{k}"] = v
-    delta = summary.get("delta") or {}
-    for name in ("best", "last", "last_n_mean"):
-        for k, v in (delta.get(name) or {}).items():
-            if isinstance(v, float):
-                flat[f"{k}/{name}"] = v  # e.g. delta_m/best: W&B columns to compare runs by
-    if delta.get("base"):
-        flat["delta_base"] = delta["base"]["source"]
-    flat["num_parameters"] = summary.get("num_parameters")
-    flat["epoch_time_s_mean"] = summary.get("epoch_time_s_mean")
-    return flat

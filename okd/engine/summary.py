@@ -1,0 +1,113 @@
+"""The run summary: what ``summary.json`` holds, built once at the end of a fit from the recorded rows.
+
+* :func:`selections`: the report split's numbers under three model-selection rules (the best epoch on
+  the selection split, the last epoch, the mean of the last N epochs), with the teachers' numbers of
+  the same epochs kept apart (OKD);
+* :func:`deltas`: Δm/Δp of every selection against the single-task base (docs/metrics.md);
+* :func:`flat`: the summary's flat form for the tracker's summary columns.
+
+The trainer assembles the whole summary (``Trainer._summary``) from these and its own run facts.
+
+Keys of the student's metrics are ``<task>/<metric>``; teacher rows carry ``teacher/<task>/<metric>``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from okd import metrics as mtl
+
+
+def selections(rows: Sequence[Mapping[str, Any]], report_split: str, best: Mapping[str, Any] | None,
+               last_n: int) -> dict[str, dict]:
+    """Report-split numbers of the best epoch (chosen on the selection split), the last epoch, and
+    the mean of the last ``last_n`` epochs (the SegNet benchmark protocol); {} without any."""
+    history = [r for r in rows if r.get("split") == report_split]
+    if not history:
+        return {}
+    tail = history[-last_n:]
+    keys = [k for k in tail[-1] if is_metric(k)]
+    out = {"last": {"epoch": history[-1]["epoch"], "split": report_split, "metrics": _pick(history[-1]),
+                    "teacher_metrics": _teacher_mean([history[-1]])},
+           "last_n_mean": {"epochs": [r["epoch"] for r in tail], "last_n": last_n, "split": report_split,
+                           "metrics": {k: sum(r[k] for r in tail) / len(tail) for k in keys},
+                           "teacher_metrics": _teacher_mean(tail)}}
+    if best is not None:
+        best_row = next(r for r in history if r["epoch"] == best["epoch"])
+        out["best"] = {"epoch": best["epoch"], "split": report_split, "chosen_on": best["split"],
+                       "monitor": best["monitor"], "metrics": _pick(best_row),
+                       "teacher_metrics": _teacher_mean([best_row])}
+    return out
+
+
+def deltas(chosen: Mapping[str, dict], *, tasks: Sequence[str], dataset: str, backbone: str | None, run_dir: Path,
+           delta: Mapping[str, Any], directions: Mapping[str, bool]) -> dict[str, Any]:
+    """Δm/Δp of each selection in ``chosen`` against the base :func:`okd.metrics.resolve_base` finds
+    (the run's own teachers first); the base and why there is none are recorded."""
+    if len(tasks) < 2:
+        return {"base": None, "reason": "single-task run: it is a baseline itself"}
+    if not chosen:
+        return {"base": None, "reason": "no evaluation of the report split"}
+    headline = delta.get("selection", "best")
+    if headline not in chosen:
+        headline = "last"
+    base = mtl.resolve_base(
+        run_dir=run_dir, tasks=list(tasks), dataset=dataset, backbone=backbone,
+        teacher_values=chosen[headline]["teacher_metrics"], stl_runs=delta.get("stl_runs") or [],
+        reference=delta.get("reference"),
+    )
+    if base is None:
+        return {"base": None, "reason": "no single-task base: no teachers in this run, no delta.stl_runs, "
+                                        "no delta.reference, no finished single-task run in this sweep"}
+    out: dict[str, Any] = {"definition": mtl.DEFINITION, "base": base, "headline": headline}
+    for name, sel in chosen.items():
+        # teachers: each selection against the teachers' numbers of the same epochs
+        base_values = sel["teacher_metrics"] if base["kind"] == "teachers" else base["values"]
+        try:
+            out[name] = mtl.deltas(sel["metrics"], base_values, directions)
+        except ValueError as err:
+            out[name] = {"error": str(err)}
+    return out
+
+
+def flat(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Tracker summary keys: final/<split>/<metric>, best/<split>/<metric>, best/epoch, delta_m/best, ..."""
+    out: dict[str, Any] = {}
+    for split, values in (summary.get("final") or {}).items():
+        for k, v in values.items():
+            out[f"final/{split}/{k}"] = v
+    best = summary.get("best") or {}
+    if best:
+        out["best/epoch"] = best["epoch"]
+        for split, values in best["metrics"].items():
+            for k, v in values.items():
+                out[f"best/{split}/{k}"] = v
+    for name, sel in (summary.get("selection") or {}).items():
+        for k, v in sel["metrics"].items():
+            out[f"{name}/{sel['split']}/{k}"] = v
+    delta = summary.get("delta") or {}
+    for name in ("best", "last", "last_n_mean"):
+        for k, v in (delta.get(name) or {}).items():
+            if isinstance(v, float):
+                out[f"{k}/{name}"] = v  # e.g. delta_m/best: W&B columns to compare runs by
+    if delta.get("base"):
+        out["delta_base"] = delta["base"]["source"]
+    out["num_parameters"] = summary.get("num_parameters")
+    out["epoch_time_s_mean"] = summary.get("epoch_time_s_mean")
+    return out
+
+
+def is_metric(key: str) -> bool:
+    """``<task>/<metric>`` keys of the student (not losses, weights or teacher rows)."""
+    return "/" in key and not key.startswith(("loss", "weight/", "teacher/"))
+
+
+def _pick(row: Mapping[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if is_metric(k)}
+
+
+def _teacher_mean(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    keys = [k for k in rows[-1] if k.startswith("teacher/") and not k.startswith("teacher/loss")
+            and k.count("/") == 2]
+    return {k[len("teacher/"):]: sum(r[k] for r in rows) / len(rows) for k in keys
+            if all(isinstance(r.get(k), (int, float)) for r in rows)}
