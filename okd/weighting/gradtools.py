@@ -151,11 +151,11 @@ class OwnedGenerator:
 
     def get(self, device: torch.device | str = "cpu") -> torch.Generator:
         device = torch.device(device)
-        if self._gen is not None and self._gen.device.type == device.type:
+        if self._gen is not None and same_device(self._gen.device, device):
             return self._gen
         if self._gen is not None:
-            warnings.warn(f"{self.owner}: generator moved from {self._gen.device.type} to "
-                          f"{device.type}; it restarts from seed {self.seed}")
+            warnings.warn(f"{self.owner}: generator moved from {self._gen.device} to "
+                          f"{device}; it restarts from seed {self.seed}")
         gen = torch.Generator(device=device)
         gen.manual_seed(self.seed)
         pending, self._pending = self._pending, None
@@ -186,3 +186,13 @@ class OwnedGenerator:
             device = self._gen.device
             self._gen = None
             self.get(device)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """The same device; ``torch.device("cuda")`` (index None) counts as the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return True

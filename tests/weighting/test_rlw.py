@@ -162,3 +162,18 @@ def test_config_instantiates_with_the_class_defaults():
     defaults = {k: p.default for k, p in inspect.signature(RLW).parameters.items()}
     assert OmegaConf.to_container(cfg) == {"_target_": "okd.weighting.rlw.RLW", **defaults}
     assert (rlw.sampler, rlw.scale) == ("normal", "one")
+
+
+def test_checkpoints_of_the_earlier_generator_format_still_load():
+    # before RLW used gradtools.OwnedGenerator: {"device_type", "state"}, or None before any draw
+    a = _rlw(3, seed=4)
+    _draws(a, 2)
+    gen = a.generator.get("cpu")
+    old = {"module": a.state_dict(), "extra": {"generator": {"device_type": "cpu", "state": gen.get_state()}}}
+    expected = _draws(a, 5)
+    restored = _rlw(3, seed=4)
+    restored.load_checkpoint_state(old)
+    assert torch.equal(_draws(restored, 5), expected)
+    fresh = _rlw(3, seed=4)
+    fresh.load_checkpoint_state({"module": fresh.state_dict(), "extra": {"generator": None}})
+    assert torch.equal(_draws(fresh, 5), _draws(_rlw(3, seed=4), 5))
