@@ -15,16 +15,9 @@ from okd.weighting.base import LossWeighting
 class DWA(LossWeighting):
     """Dynamic Weight Average: weight each task by how slowly its loss went down.
 
-    With Lbar_k(e) the mean training loss of task k over epoch e (Liu et al. 2019, Eq. 7):
-
-        w_k(e)      = Lbar_k(e - 1) / Lbar_k(e - 2)
-        lambda_k(e) = K exp(w_k(e) / T) / sum_j exp(w_j(e) / T)   (= K softmax(w / T)_k)
-
-    and lambda_k = 1 in epochs 0 and 1, which have no two previous epochs. Weights are constant
-    within an epoch; they are recomputed in :meth:`on_epoch_end`, never per step.
-
-    State (buffers, so it survives a checkpoint): the last two epoch-mean loss vectors, how many
-    epochs were seen, and the current weights.
+    Liu et al., CVPR 2019, Eq. 7: lambda(e) = K softmax(w / T), w_k = Lbar_k(e-1) / Lbar_k(e-2)
+    from the epoch-mean losses; lambda = 1 in epochs 0 and 1. Recomputed in :meth:`on_epoch_end`;
+    the loss history is in buffers (docs/weighting.md#dwa).
 
     Args:
         temperature: T > 0. T = 2 in the paper's code (mtan) and LibMTL; the OKD and KD4MTL

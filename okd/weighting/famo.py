@@ -12,34 +12,12 @@ from okd.weighting.base import LossWeighting
 class FAMO(LossWeighting):
     """FAMO: softmax task logits xi, updated after each step from the change of the log-losses.
 
-    Liu, Feng, Stone, Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023,
-    arXiv 2306.03792, Sec. 3 and Algorithm 1 (official code Cranial-XIX/FAMO). With
-    ``z = softmax(xi)`` and ``D_k = L_k - l*_k + eps``:
-
-    * step: backpropagate ``sum_k z_k log D_k / c`` with ``c = sum_k z_k / D_k`` (detached),
-      i.e. the effective weights on grad L_k are ``lambda_k = (z_k / D_k) / c`` (they sum to 1);
-      heads are lambda-weighted too, as in the reference (docs/weighting.md#heads);
-    * post-step: with the losses ``L'`` after ``optimizer.step()`` on the same batch,
-      ``delta_k = log D_k(theta_t) - log D_k(theta_{t+1})``, ``xi.grad = J_softmax^T delta =
-      z * (delta - z . delta)`` and one Adam step on xi (lr ``w_lr``, L2 weight decay ``gamma``
-      added to the gradient, as torch.optim.Adam's ``weight_decay``): tasks whose log-loss fell the
-      most lose weight.
-
-    Post-step losses: :meth:`after_step` calls ``recompute_losses()`` (the trainer's extra forward
-    on the same batch, the reference's behaviour; its train/eval mode is the trainer's choice, the
-    references use train mode). If the trainer passes ``recompute_losses=None``, the fallback uses
-    the *next* step's losses: ``delta`` compares the losses of consecutive batches, so it mixes
-    the step's effect with batch-to-batch noise (no extra forward, noisier weights); the first
-    call then only stores the losses.
-
-    Logs are taken in float32. Losses must exceed ``min_losses``: ``D_k`` is computed as
-    ``max(L_k - l*_k, 0) + eps``, equal to the reference's ``L_k - l*_k + eps`` whenever
-    ``L_k >= l*_k``; below ``l*_k`` the log stays finite and that task's gradient is zero.
-
-    State (all in ``state_dict``): xi, the Adam moments and step count, l* and the previous losses.
-    Nothing in the step syncs with the host. The official standalone class also clips the shared
-    gradient to norm 1; the published dense-prediction runs were effectively unclipped and LibMTL
-    does not clip, so no clipping here (and the trainer has no gradient-clipping option).
+    Liu, Feng, Stone, Liu, NeurIPS 2023, arXiv 2306.03792, Sec. 3 and Algorithm 1 (official code
+    Cranial-XIX/FAMO). Step: backpropagate sum_k z_k log D_k / c, z = softmax(xi),
+    D_k = max(L_k - l*_k, 0) + eps, c = sum_k z_k / D_k (effective weights on grad L_k, heads
+    included, summing to 1). :meth:`after_step`: one Adam step on xi from the log-loss decrease on
+    the same batch (``recompute_losses``; without it, the next step's losses). No clipping
+    (docs/weighting.md#famo).
     """
 
     def __init__(

@@ -19,21 +19,10 @@ VARIANTS = ("v2", "v1")
 class OTW(LossWeighting):
     """Online task weighting from the student/teacher loss ratio of the last epoch.
 
-    With Lbar_k(e) the student's and Tbar_k(e) teacher k's mean training loss over epoch e, the
-    weights are constant within an epoch:
-
-    * first epoch: lambda_k = 1;
-    * ``variant: v2`` (the paper, docs/weighting.md#otw): r_k = Lbar_k(e-1) / Tbar_k(e-1), with
-      r_k = min(r_k, 1) in the second epoch;
-    * ``variant: v1`` (an earlier release): r_k = min(Lbar_k(e-1) / Tbar_k(e-1), 1)
-      + Lbar_k(e-1) / Lbar_k(e-2), the second term only from the third epoch on;
-
-    then lambda_k = K g(exp(r_k / T)) / sum_j g(exp(r_j / T)) with g(v) = min(v, clamp) and
-    g(NaN) = clamp. With the released clamp 10 and T = 0.1, OTW equals equal weighting unless some
-    r_k < T ln 10 ~ 0.23 (a student already far better than its teacher on that task is
-    down-weighted). ``clamp=None``: g is the identity and lambda = K softmax(r / T).
-
-    Needs the teachers' epoch losses (``needs_reference_losses``): only with ``kd=okd``.
+    Jacob et al., WACV 2023, Sec. 3.3: lambda = 1 in the first epoch, then
+    lambda_k = K g(exp(r_k / T)) / sum_j g(exp(r_j / T)), g(v) = min(v, clamp), with r_k the
+    student/teacher epoch-loss ratio (``v2``) or that ratio capped at 1 plus a DWA-like rate
+    (``v1``). Needs the teachers' epoch losses (``kd=okd``); docs/weighting.md#otw, #otw_v1.
 
     Args:
         temperature: T > 0 (0.1 released; 1.0 in v1).

@@ -19,20 +19,10 @@ _DEFAULT_INIT = {"kendall": 0.0, "halved": -0.5}
 class UW(LossWeighting):
     """Homoscedastic-uncertainty weighting with learnable s_k = log sigma_k^2.
 
-    Two forms of the objective are in use (``form``):
-
-    * ``kendall``: sum_k exp(-s_k) L_k + s_k, i.e. precision 1/sigma^2 on every loss (the
-      classification term of Eq. 10) with regulariser log sigma^2. The common simplified form;
-      the OKD release used it with s0 = 1.
-    * ``halved``: sum_k L_k / (2 exp(s_k)) + s_k / 2, i.e. Eq. (7), 1/(2 sigma^2) L + log sigma,
-      written with s = log sigma^2. This is what mtan and LibMTL run, with s0 = -0.5.
-
-    In both forms, for a fixed loss value l, the objective is minimised at s = log l: noisier
-    tasks (larger loss) learn a larger s and a smaller weight.
-
-    The s_k are an ``nn.Parameter`` of this module; the trainer adds them to the optimizer through
-    :meth:`param_groups`. The weights returned by ``backward`` (and logged) are the effective
-    weights on L_k: exp(-s) (kendall) or 1 / (2 exp(s)) (halved).
+    Kendall et al., CVPR 2018: ``form: kendall`` minimises sum_k exp(-s_k) L_k + s_k (Eq. 10's
+    form, the OKD release's), ``halved`` sum_k L_k / (2 exp(s_k)) + s_k / 2 (Eq. 7, as mtan and
+    LibMTL). s joins the optimizer through :meth:`param_groups`; the logged weights are the
+    effective weights on L_k (docs/weighting.md#uw).
 
     Args:
         form: ``kendall`` or ``halved``.
