@@ -1,15 +1,14 @@
-"""Test-wide settings: W&B never touches the network, torch stays on few threads (2-core CI)."""
+"""Test-wide settings and shared fixtures: W&B never touches the network, torch stays on few threads
+(2-core CI). Shared helper functions are in tests/helpers.py (``from tests.helpers import ...``)."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers (wandb_records)
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -22,3 +21,14 @@ torch.set_num_threads(1)
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``),
+    restored afterwards: tiny networks gain nothing from intra-op threads, and on the shared 2-core
+    machine a second thread per process made each forward pass several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

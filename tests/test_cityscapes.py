@@ -10,21 +10,13 @@ import pytest
 import torch
 
 from okd.data.cityscapes import Cityscapes, build
-from okd.data.synthetic import write_layout
 from okd.data.validate import DatasetError
-from test_nyuv2 import DOCS, run_cli
+from tests.helpers import DATA_DOCS as DOCS, dataset_tree_fixtures, run_cli
 
 N_TRAIN, N_TEST, H, W = 10, 3, 32, 64
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    return write_layout(tmp_path_factory.mktemp("cityscapes") / "cityscapes", "cityscapes", N_TRAIN, N_TEST, H, W)
-
-
-@pytest.fixture
-def tree(pristine, tmp_path) -> Path:
-    return Path(shutil.copytree(pristine, tmp_path / "cityscapes"))
+pristine, tree = dataset_tree_fixtures("cityscapes", N_TRAIN, N_TEST, H, W)  # the tree, and a copy a test may damage
 
 
 def on_disk(root: Path, rel: str) -> np.ndarray:

@@ -99,7 +99,7 @@ TRAIN = [*TINY, "logger=none", "trainer.epochs=1", "backbone.width=0.0625"]
 def trained(tmp_path_factory) -> Path:
     """One finished tiny run (trained in-process: faster); its checkpoints feed the cases below."""
     from okd.app import run
-    from test_config import compose_cfg
+    from okd.config import compose as compose_cfg
 
     out = tmp_path_factory.mktemp("trained")
     run(compose_cfg(TRAIN), out)

@@ -1,15 +1,10 @@
 """Every option of every config group composes and instantiates into the real object."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-import okd.config  # noqa: F401  (resolvers)
+from okd.config import compose as compose_cfg  # ${hydra:...} interpolations resolve as in a real run
 from okd.data.base import DataBundle
 from okd.engine.trainer import Trainer
 from okd.kd.base import Distiller
@@ -17,22 +12,10 @@ from okd.logging import Logger
 from okd.models.base import MultiTaskModel
 from okd.tasks import build_tasks
 from okd.weighting.base import Weighting
+from tests.helpers import options
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY_DATA = ["dataset.train_size=4", "dataset.val_size=2", "dataset.test_size=2",
              "dataset.height=32", "dataset.width=32"]
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_cfg(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # ${hydra:...} interpolations resolve as in a real run
-    return cfg
 
 
 def test_default_config_composes_with_every_group():
@@ -62,22 +45,12 @@ def test_backbone_options_build_a_model(option):
     assert isinstance(model, MultiTaskModel)
 
 
-@pytest.mark.parametrize("option", options("weighting"))
-def test_weighting_options_build_a_method(option):
-    cfg = compose_cfg([f"weighting={option}"])
-    assert isinstance(instantiate(cfg.weighting, _convert_="all"), Weighting)
-
-
-@pytest.mark.parametrize("option", options("kd"))
-def test_kd_options_build_a_distiller(option):
-    cfg = compose_cfg([f"kd={option}"])
-    assert isinstance(instantiate(cfg.kd, _convert_="all"), Distiller)
-
-
-@pytest.mark.parametrize("option", options("trainer"))
-def test_trainer_options_build_a_trainer(option):
-    cfg = compose_cfg([f"trainer={option}"])
-    assert isinstance(instantiate(cfg.trainer, _convert_="all"), Trainer)
+@pytest.mark.parametrize("group, option, kind", [
+    (group, option, kind) for group, kind in (("weighting", Weighting), ("kd", Distiller), ("trainer", Trainer))
+    for option in options(group)])
+def test_weighting_kd_and_trainer_options_build_their_object(group, option, kind):
+    cfg = compose_cfg([f"{group}={option}"])
+    assert isinstance(instantiate(cfg[group], _convert_="all"), kind)
 
 
 @pytest.mark.parametrize("option", options("logger"))

@@ -23,7 +23,8 @@ from okd import distributed
 from okd.app import build, run
 from okd.engine.checkpoint import load_checkpoint
 from okd.weighting.base import LossWeighting
-from test_config import compose_cfg, options
+from okd.config import compose as compose_cfg
+from tests.helpers import options
 
 pytestmark = pytest.mark.cuda
 

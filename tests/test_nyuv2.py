@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +12,13 @@ from torch.utils.data import DataLoader
 
 from okd.data.npy import carve
 from okd.data.nyuv2 import NYUv2, build
-from okd.data.synthetic import write_layout
 from okd.data.validate import CorruptFileError, DatasetError
+from tests.helpers import DATA_DOCS as DOCS, dataset_tree_fixtures, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, H, W = 10, 3, 32, 64
-DOCS = 'README.md, section "Data"'
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    return write_layout(tmp_path_factory.mktemp("nyuv2") / "nyuv2", "nyuv2", N_TRAIN, N_TEST, H, W)
-
-
-@pytest.fixture
-def tree(pristine, tmp_path) -> Path:
-    """A fresh copy that a test may damage."""
-    return Path(shutil.copytree(pristine, tmp_path / "nyuv2"))
+pristine, tree = dataset_tree_fixtures("nyuv2", N_TRAIN, N_TEST, H, W)  # the tree, and a copy a test may damage
 
 
 def on_disk(root: Path, folder: str, kind: str, i: int) -> np.ndarray:
@@ -257,12 +244,6 @@ def test_odd_shape_met_later_names_it(tree):
 
 
 # ----------------------------------------------------------------------------------------------
-def run_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={cwd / 'run'}"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_cli_end_to_end(pristine, tmp_path):
     proc = run_cli(tmp_path, "dataset=nyuv2", f"dataset.root={pristine}", "trainer.epochs=1", "logger=none",
                    "backbone.width=0.0625", "trainer.progress=false", "trainer.batch_size=4",

@@ -10,7 +10,7 @@ import torch
 
 from okd.app import build, run
 from okd.engine.checkpoint import load_checkpoint
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 TINY = ["dataset.train_size=8", "dataset.val_size=4", "dataset.test_size=4", "dataset.height=32",
         "dataset.width=32", "trainer.batch_size=4", "trainer.progress=false", "logger=none",

@@ -17,13 +17,7 @@ ALL = ["segmentation", "depth", "normal"]
 GAP_PX = 2  # okd.predict.GAP
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: a second torch thread only adds contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_model(names=ALL, num_classes=6, seed=0):

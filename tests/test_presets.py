@@ -5,7 +5,7 @@ import pytest
 
 from okd.app import run
 from okd.data.synthetic import write_layout
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 TINY_RESNET = ["backbone.pretrained=false", "backbone.depth=18", "backbone.width=0.0625", "backbone.layers=[1,1,1,1]",
                "backbone.aspp_channels=4", "trainer.epochs=1", "trainer.batch_size=4", "trainer.eval_batch_size=4",

@@ -17,7 +17,7 @@ from okd.app import build, run
 from okd.engine import checkpoint as ckpt_module
 from okd.engine.checkpoint import load_checkpoint
 from okd.engine.trainer import Trainer
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["dataset.train_size=24", "dataset.val_size=4", "dataset.test_size=4", "dataset.height=32",

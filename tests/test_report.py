@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from matplotlib.colors import to_rgb
 from PIL import Image
 
@@ -17,7 +16,7 @@ from okd.app import run
 from okd.metrics import deltas
 from okd.report import (DIRECTIONS, RunRecord, _extra_overrides, build_report, figure_curves, figure_deltas, fmt,
                         group_methods, main, method_name)
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 TINY = ["dataset.train_size=8", "dataset.val_size=4", "dataset.test_size=4", "dataset.height=32",
         "dataset.width=32", "trainer.batch_size=8", "trainer.progress=false", "logger=none",
@@ -26,13 +25,7 @@ MTL = {"ew": ("mtl/0", "mtl/1"), "uw": ("mtl/2", "mtl/3")}
 DIRS = {"segmentation": "stl/0", "depth": "stl/1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: a second torch thread only adds contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def train(overrides: list[str], run_dir: Path) -> dict:

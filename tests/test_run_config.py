@@ -5,7 +5,7 @@ import pytest
 
 from okd.app import ResumeConflict, run
 from okd.run_config import describe, resume
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 SAVED = {
     "seed": 0, "name": "default",

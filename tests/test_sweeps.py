@@ -15,16 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, read_write
 
-import okd.config  # noqa: F401  (resolvers)
 from okd import launch
+from okd.config import compose as compose_cfg  # ${hydra:...} resolves as in a run
 from okd.launch import GpuSlots, JobResources, direction, job_subdir, overrides_dirname, stl_runs
-from wandb_records import read_run
+from tests.wandb_records import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -34,14 +32,6 @@ TINY = ["trainer.epochs=1", "dataset.train_size=8", "dataset.val_size=4", "datas
 SWEEPS = launch.sweep_files()
 PAPER = [s for s in SWEEPS if s.startswith("paper_")]
 HPARAMS = [s for s in SWEEPS if s.startswith("hparams_")]
-
-
-def compose_cfg(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in a run
-    return cfg
 
 
 def require_options(path: Path) -> None:

@@ -313,12 +313,17 @@ def layout_files(root: Path) -> dict[str, list[str]]:
             for p in sorted(root.glob("*/*"))}
 
 
+def assert_layout(root: Path, folders: tuple[str, ...], n_train: int, n_val: int) -> None:
+    """The layout holds 0.npy, 1.npy, ... in every folder of train/ and val/, and nothing else."""
+    expected = {f"{split}/{f}": [f"{i}.npy" for i in range(n)]
+                for split, n in (("train", n_train), ("val", n_val)) for f in folders}
+    assert layout_files(root) == expected
+
+
 def test_write_layout_nyuv2(tmp_path):
     root = S.write_layout(tmp_path / "nyu", "nyuv2", 3, 2, H, W, seed=7)
     folders = ("image", "label", "depth", "normal")
-    expected = {f"{split}/{f}": [f"{i}.npy" for i in range(n)]
-                for split, n in (("train", 3), ("val", 2)) for f in folders}
-    assert layout_files(root) == expected
+    assert_layout(root, folders, 3, 2)
     ref = S.SyntheticScenes(3, H, W, num_classes=13, seed=7, split="train")
     for split, n in (("train", 3), ("val", 2)):
         for i in range(n):
@@ -336,9 +341,7 @@ def test_write_layout_nyuv2(tmp_path):
 def test_write_layout_cityscapes(tmp_path):
     root = S.write_layout(tmp_path / "cs", "cityscapes", 2, 1, H, W, seed=3)
     folders = ("image", "depth", "label_7", "label_19")
-    expected = {f"{split}/{f}": [f"{i}.npy" for i in range(n)]
-                for split, n in (("train", 2), ("val", 1)) for f in folders}
-    assert layout_files(root) == expected
+    assert_layout(root, folders, 2, 1)
     nyu = S.write_layout(tmp_path / "nyu", "nyuv2", 2, 1, H, W, seed=3)  # same scenes
     for i in range(2):
         a = {f: np.load(root / "train" / f / f"{i}.npy") for f in folders}

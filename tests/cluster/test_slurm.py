@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from wandb_records import read_run
+from tests.wandb_records import read_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "cluster" / "slurm_cluster.sh"

@@ -8,19 +8,14 @@ import torch
 
 from okd.app import build, run
 from okd.kd.offline import OfflineDistillation
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 BASE = ["dataset.train_size=8", "dataset.val_size=4", "dataset.test_size=4", "dataset.height=32",
         "dataset.width=32", "trainer.batch_size=4", "trainer.progress=false", "logger=none", "trainer.epochs=1"]
 TASKS = ("segmentation", "depth")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

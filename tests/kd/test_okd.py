@@ -12,20 +12,14 @@ import torch
 
 from okd.app import build, run
 from okd.kd.online import OnlineDistillation, export_teachers
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 TINY = ["dataset.train_size=4", "dataset.val_size=2", "dataset.test_size=2", "dataset.height=32",
         "dataset.width=32", "trainer.batch_size=2", "trainer.progress=false", "logger=none", "kd=okd",
         "kd.warmup_epochs=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks on a shared 2-core machine: one intra-op thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def rows(run_dir: Path) -> list[dict]:

@@ -13,7 +13,7 @@ from torch import nn
 from okd.app import build
 from okd.weighting.base import BoundModel
 from okd.weighting.otw import OTW
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "weighting"
 

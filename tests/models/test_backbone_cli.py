@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backbone_zoo import CONF, build, tiny_overrides
+from tests.models.backbone_zoo import OPTIONS, build, tiny_overrides
 from okd.app import run
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
-OPTIONS = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "segnet")  # segnet: tests/test_training.py
+CLI_OPTIONS = [o for o in OPTIONS if o != "segnet"]  # segnet: tests/test_training.py
 DATA = ["dataset.train_size=8", "dataset.val_size=4", "dataset.test_size=4", "dataset.height=32",
         "dataset.width=32", "trainer.batch_size=4", "trainer.progress=false", "logger=none", "trainer.epochs=1"]
 
 
-@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("option", CLI_OPTIONS)
 def test_single_task_network_of_every_backbone(tmp_path, option):
     """``dataset.tasks=[depth]``: the STL baseline / teacher with the same backbone and one head."""
     summary = run(compose_cfg([f"backbone={option}", *tiny_overrides(option), "dataset.tasks=[depth]", *DATA]), tmp_path)

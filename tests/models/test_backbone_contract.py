@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from backbone_zoo import HARD_SHARING, PER_TASK_SHARED, ZOO, build
+from tests.models.backbone_zoo import NAMES, PER_TASK_SHARED, build, hard_sharing
 from okd.models.common import NoSharedRepresentation
 
 TASK_SETS = [
@@ -35,7 +35,15 @@ def losses(model, x, targets):
     return out, [t.loss(out.predictions[t.name], targets[t.name]) for t in model.tasks]
 
 
-@pytest.mark.parametrize("name", ZOO)
+def training_losses(name):
+    """A fresh model of ``name`` in training mode (seed 0) and its task losses on a fixed batch."""
+    torch.manual_seed(0)
+    model = build(name).train()
+    x, targets = batch(model.tasks, 7)
+    return model, losses(model, x, targets)[1]
+
+
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("task_names, num_classes", TASK_SETS)
 def test_predictions_and_features_for_any_task_set(name, task_names, num_classes):
     model = build(name, task_names, num_classes).eval()
@@ -45,7 +53,7 @@ def test_predictions_and_features_for_any_task_set(name, task_names, num_classes
     expected = {"segmentation": num_classes, "depth": 1, "normal": 3}
     assert {k: tuple(v.shape) for k, v in out.predictions.items()} == {
         t: (2, expected[t], h, w) for t in task_names}
-    representation = {model.representation_key} if name in HARD_SHARING else set()
+    representation = {model.representation_key} if hard_sharing(name, model) else set()
     assert set(out.features) == set(model.feature_names) | representation
     for key, f in out.features.items():
         assert f.dim() == 4 and f.shape[0] == 2, key
@@ -54,13 +62,10 @@ def test_predictions_and_features_for_any_task_set(name, task_names, num_classes
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)  # unit length after upsampling
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", NAMES)
 def test_shared_and_task_parameters_follow_the_graph(name):
     """Shared = used by more than one task's loss, task = used by exactly one; together all parameters."""
-    torch.manual_seed(0)
-    model = build(name).train()
-    x, targets = batch(model.tasks, 7)
-    _, per_task = losses(model, x, targets)
+    model, per_task = training_losses(name)
     params = [p for p in model.parameters() if p.requires_grad]
     users = Counter()
     for k in range(len(model.tasks)):
@@ -79,19 +84,16 @@ def test_shared_and_task_parameters_follow_the_graph(name):
     assert last and {id(p) for p in last} <= shared
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", NAMES)
 def test_sum_of_losses_reaches_every_parameter(name):
-    torch.manual_seed(0)
-    model = build(name).train()
-    x, targets = batch(model.tasks, 7)
-    _, per_task = losses(model, x, targets)
+    model, per_task = training_losses(name)
     sum(per_task).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", NAMES)
 def test_each_layer_runs_once_per_forward(name):
     """One forward pass = each parameterised layer once (MTAN's shared attention encoders once per task)."""
     model = build(name).train()
@@ -110,7 +112,7 @@ def test_each_layer_runs_once_per_forward(name):
     assert len(calls) == len(hooks), "every parameterised layer takes part in the forward pass"
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", NAMES)
 def test_training_steps_decrease_the_loss_on_a_fixed_batch(name):
     torch.manual_seed(0)
     model = build(name).train()
@@ -130,11 +132,11 @@ def test_training_steps_decrease_the_loss_on_a_fixed_batch(name):
     assert after < 0.95 * first, (after, first)  # random targets: memorising only
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", NAMES)
 def test_shared_representation_or_a_clear_refusal(name):
     model = build(name).train()
     x, targets = batch(model.tasks, 7)
-    if name not in HARD_SHARING:
+    if not hard_sharing(name, model):
         with pytest.raises(NoSharedRepresentation, match="no single shared representation"):
             model.representation_key
         return

@@ -12,7 +12,7 @@ from okd.models.common import NoSharedRepresentation, dense_predictions
 from okd.models.mtan import MTANResNet, MTANSegNet
 from okd.models.segnet import SegNet
 from okd.tasks import build_tasks
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 ALL = ["segmentation", "depth", "normal"]
 TINY_RESNET = dict(depth=18, width=0.125, layers=[2, 2, 2, 2], aspp_channels=8)

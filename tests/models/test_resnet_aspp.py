@@ -15,7 +15,7 @@ from okd.models.common import PretrainedWeightsUnavailable
 from okd.models.heads import ASPPHead
 from okd.models.resnet import DilatedResNet, ResNetASPP, weights_cache_path
 from okd.tasks import build_tasks
-from test_config import compose_cfg
+from okd.config import compose as compose_cfg
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file name
 

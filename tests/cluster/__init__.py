@@ -1,0 +1,1 @@
+"""Integration tests against a real one-node SLURM cluster (make test-cluster)."""

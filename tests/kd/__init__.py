@@ -1,0 +1,1 @@
+"""Distillation tests: AFD, kd=okd, kd=kdmtl, OTW."""
