@@ -18,7 +18,7 @@ S None they change nothing, bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor, nn

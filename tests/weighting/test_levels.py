@@ -22,7 +22,7 @@ PRESETS = sorted(p.stem for p in CONF.glob("*_ub.yaml"))
 
 
 def test_there_are_presets():
-    assert PRESETS == ["alignedmtl_ub", "mgda_ub"]
+    assert {"alignedmtl_ub", "mgda_ub"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)
