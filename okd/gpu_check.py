@@ -92,7 +92,7 @@ SYNC_MESSAGE = "synchroniz"        # torch: "called a synchronizing CUDA operati
 #: (file suffix, function) of the host synchronisations the training loop is designed to make
 DESIGNED_SYNCS = {
     ("okd/engine/trainer.py", "_check_finite"): "NaN check (every log_every_n_steps, epoch end)",
-    ("okd/engine/trainer.py", "_scaler_found_inf"): "fp16: overflow flags, once per step",
+    ("okd/engine/precision.py", "found_inf"): "fp16: overflow flags, once per step",
     ("torch/amp/grad_scaler.py", "_maybe_opt_step"): "fp16: GradScaler.step re-reads the flags (device idle)",
 }
 SPEEDUP_TARGET, OKD_MEMORY_LIMIT_GB = 1.8, 80.0

@@ -81,15 +81,15 @@ def _changed(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
 def _step_until_it_updates(trainer, ctx, images, targets, tries: int = 5) -> None:
     """Training steps until the student changes: with fp16 GradScaler may skip the first steps
     (overflow at its initial scale) and must then have lowered the scale."""
-    before, scale = _snapshot(ctx.model), trainer.scaler.get_scale() if trainer.scaler else None
+    before, scale = _snapshot(ctx.model), trainer.amp.scaler.get_scale() if trainer.amp.scaler else None
     for _ in range(tries):
         losses, weights = trainer.training_step(images, targets)
         assert losses.device.type == trainer.device.type
         assert torch.isfinite(losses).all() and torch.isfinite(weights).all(), (losses, weights)
         if _changed(ctx.model, before):
             break
-        assert trainer.scaler is not None, "an fp32/bf16 step left the student unchanged"
-        assert trainer.scaler.get_scale() < scale, "a skipped fp16 step did not lower the scale"
+        assert trainer.amp.scaler is not None, "an fp32/bf16 step left the student unchanged"
+        assert trainer.amp.scaler.get_scale() < scale, "a skipped fp16 step did not lower the scale"
     assert _changed(ctx.model, before), f"no update in {tries} steps"
     assert all(torch.isfinite(p).all() for p in ctx.model.parameters())
 

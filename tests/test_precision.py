@@ -39,15 +39,15 @@ def _setup(tmp_path, *options):
 @pytest.mark.parametrize("method", ["ew", "uw", "pcgrad", "gradnorm"])
 def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tmp_path, method):
     trainer, ctx, (images, targets) = _setup(tmp_path, f"weighting={method}")
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 120)  # fp16 gradients overflow
+    trainer.amp.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 120)  # fp16 gradients overflow
     params = lambda: dict([*ctx.model.named_parameters(), *ctx.weighting.named_parameters()])  # noqa: E731
     before = {k: v.detach().clone() for k, v in params().items()}
     trainer.training_step(images, targets)
     changed = [k for k, v in params().items() if not torch.equal(v, before[k])]
     assert changed == []  # parameters and learnable weights (UW's s, GradNorm's w) untouched by the skipped step
-    assert trainer.scaler.get_scale() == 2.0 ** 119
+    assert trainer.amp.scaler.get_scale() == 2.0 ** 119
     # a sane scale then trains: the next step changes the parameters
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    trainer.amp.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     trainer.training_step(images, targets)
     assert any(not torch.equal(v, before[k]) for k, v in params().items())
 
@@ -64,7 +64,7 @@ def test_weighting_receives_the_loss_scale_as_a_device_tensor(tmp_path, monkeypa
     monkeypatch.setattr(type(ctx.weighting), "backward", spy)
     trainer.training_step(images, targets)
     assert isinstance(seen["scale"], torch.Tensor) and seen["scale"].dim() == 0
-    assert float(seen["scale"]) == trainer.scaler.get_scale() or float(seen["scale"]) == 2 * trainer.scaler.get_scale()
+    assert float(seen["scale"]) == trainer.amp.scaler.get_scale() or float(seen["scale"]) == 2 * trainer.amp.scaler.get_scale()
 
 
 def test_compile_gives_the_eager_numbers(tmp_path):

@@ -22,6 +22,7 @@ from okd import distributed
 from okd.data.base import DataBundle
 from okd.errors import OkdError
 from okd.engine import preemption
+from okd.engine.precision import Precision
 from okd.engine.preemption import Preempted
 from okd.engine import summary
 from okd.engine.sampler import ResumableRandomSampler
@@ -33,8 +34,6 @@ from okd.tasks import Task, metric_directions
 from okd.weighting.base import BoundModel, LossWeighting, Weighting
 
 CHECKPOINT_VERSION = 1
-#: trainer.precision -> autocast dtype (None: float32, no autocast)
-PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
 def select_device(device: str) -> torch.device:
@@ -136,10 +135,7 @@ class Trainer:
         if not isinstance(log_images, int) or log_images < 0:
             raise ValueError(f"trainer.log_images must be an integer >= 0, got {log_images!r}")
         self.log_images = log_images
-        self.precision = str(precision)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"trainer.precision must be one of {list(PRECISIONS)}, got {precision!r} (32: float32; "
-                             f"bf16: bfloat16 autocast; 16: float16 autocast with gradient scaling)")
+        self.amp = Precision(precision)
         if not isinstance(compile, (bool, Mapping)):
             raise ValueError(f"trainer.compile must be true, false or a dict of torch.compile arguments "
                              f"(e.g. {{mode: max-autotune}}), got {compile!r}")
@@ -151,7 +147,6 @@ class Trainer:
         self.requeue = requeue
         self._signal: int | None = None
         self._manual_sync = False
-        self.scaler: torch.amp.GradScaler | None = None
         self.world_size, self.is_main = 1, True
         self._skipped_last = False
         self._in_epoch: dict | None = None
@@ -245,9 +240,8 @@ class Trainer:
         if self.compile is not None:
             self._compile()
         # fp16: one GradScaler for the student, its weighting's parameters and the distiller's optimizers
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16" else None
-        ctx.distiller.grad_scaler = self.scaler
-        self._one = torch.ones((), device=self.device)
+        self.amp.setup(self.device)
+        ctx.distiller.grad_scaler = self.amp.scaler
         try:
             self.optimizer = self.optimizer_factory(
                 [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -455,7 +449,7 @@ class Trainer:
         """
         ctx = self.ctx
         with distributed.no_sync(self.train_model, self._manual_sync):
-            with self._autocast():
+            with self.amp.autocast():
                 out = self.train_model(images)
                 losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]).float() for t in ctx.tasks])
                 losses = distributed.global_values(losses)  # whole-batch values under DDP (identity otherwise)
@@ -463,7 +457,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             representation = out.features[ctx.model.representation_key] if ctx.weighting.needs_representation else None
             # fp16: the weighting scales what it backpropagates by S (and unscales what it reasons about)
-            scale = self.scaler.scale(self._one) if self.scaler is not None else None
+            scale = self.amp.loss_scale()
             weights = ctx.weighting.backward(losses, extra_loss=extra, representation=representation,
                                              **({"loss_scale": scale} if scale is not None else {}))
         distributed.average_gradients_(self._hand_synced)
@@ -474,25 +468,16 @@ class Trainer:
             self._skipped_last = True
             self.skipped_steps += 1
             return losses.detach(), weights
-        stepped = True
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-            # read the overflow flags before the optimizer's kernels are queued: GradScaler.step's own
-            # read then finds the device idle, so a step costs one host sync, as with a plain scaler
-            stepped = not _scaler_found_inf(self.scaler, self.optimizer)
-            self.scaler.step(self.optimizer)  # skips the step when a gradient overflowed
-        else:
-            self.optimizer.step()
+        stepped = self.amp.step(self.optimizer)
         detached = losses.detach()
         if stepped:  # an fp16 overflow leaves the weighting's state (e.g. FAMO's) where it was
             ctx.weighting.after_step(detached, recompute_losses=self._recompute(images, targets))
         ctx.distiller.after_step()
-        if self.scaler is not None:
-            self.scaler.update()
+        self.amp.update()
         return detached, weights
 
     def _all_finite(self, losses: Tensor) -> bool:
-        if self.scaler is not None:  # fp16: overflowing gradients are the scaler's business (it skips them)
+        if self.amp.scaler is not None:  # fp16: overflowing gradients are the scaler's business (it skips them)
             return bool(torch.isfinite(losses.detach()).all())
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         norms = torch.stack([losses.detach().sum()] + [g.norm() for g in grads]) if grads else losses.detach()
@@ -501,7 +486,7 @@ class Trainer:
     def _recompute(self, images: Tensor, targets: Mapping[str, Tensor]) -> Callable[[], Tensor]:
         """Losses of the same batch after the step (only methods that ask pay the forward pass)."""
         def recompute() -> Tensor:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self.amp.autocast():
                 out = self.ctx.model(images)
                 losses = torch.stack([t.loss(out.predictions[t.name], targets[t.name]) for t in self.ctx.tasks])
             return distributed.average(losses)
@@ -517,7 +502,7 @@ class Trainer:
         count = 0
         for batch in loader:
             images, targets = self._to_device(batch)
-            with self._autocast():
+            with self.amp.autocast():
                 out = model(images)
             out.predictions.update({k: v.float() for k, v in out.predictions.items()})
             n = images.shape[0]
@@ -537,11 +522,6 @@ class Trainer:
         return row
 
     # ------------------------------------------------------------------------------------------
-    def _autocast(self):
-        """bf16/fp16 autocast for precision=bf16/16 (losses, metrics and weighting stay in fp32)."""
-        dtype = PRECISIONS[self.precision]
-        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
     def _to_device(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         nb = self.device.type == "cuda"
         images = batch["image"].to(self.device, non_blocking=nb)
@@ -631,7 +611,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "weighting": ctx.weighting.checkpoint_state(),
-            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "grad_scaler": self.amp.state_dict(),
             "distiller": ctx.distiller.checkpoint_state(),
             "rng": rng_state(),
             "best": self.best,
@@ -668,8 +648,7 @@ class Trainer:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.ctx.weighting.load_checkpoint_state(state["weighting"])
-        if self.scaler is not None and state.get("grad_scaler"):
-            self.scaler.load_state_dict(state["grad_scaler"])
+        self.amp.load_state_dict(state.get("grad_scaler"))
         self.ctx.distiller.load_checkpoint_state(state["distiller"])
         set_rng_state(state["rng"])
         self.best = state["best"]
@@ -742,13 +721,6 @@ class Trainer:
             return
         console.info(f"results: {Path(ctx.run_dir) / 'summary.json'} and metrics.jsonl; "
               f"checkpoints: {self.checkpoint_dir}; logger: {ctx.logger.describe()}")
-
-
-def _scaler_found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``scaler.step(optimizer)`` will skip the step (after ``scaler.unscale_(optimizer)``):
-    the flags GradScaler.step reads on the host to decide."""
-    flags = scaler._per_optimizer_states[id(optimizer)].get("found_inf_per_device", {})
-    return any(bool(v) for v in flags.values())
 
 
 def _writable_dir(path: Path) -> Path:
