@@ -5,6 +5,7 @@ and the sweep tools use too.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,17 @@ def run_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={cwd / 'run'}"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+#: a one-epoch run of a tiny network without a tracker (train_cli)
+TINY_RUN = ("trainer.epochs=1", "logger=none", "backbone.width=0.0625", "trainer.progress=false", "trainer.batch_size=4")
+
+
+def train_cli(cwd: Path, *overrides: str) -> dict:
+    """``python run.py <overrides>`` as a tiny one-epoch run (:data:`TINY_RUN`) that must succeed; its summary."""
+    proc = run_cli(cwd, *overrides, *TINY_RUN)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads((cwd / "run" / "summary.json").read_text())
 
 
 def dataset_tree_fixtures(layout: str, n_train: int, n_test: int, height: int, width: int):
