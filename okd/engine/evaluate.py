@@ -21,7 +21,7 @@ def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str
     if not ckpt:
         raise ValueError("this mode needs a checkpoint: add ckpt=<path to last.pt or best.pt>")
     path = Path(ckpt)
-    trainer.setup(ctx)
+    trainer.setup_model(ctx)  # no optimizer, weighting, distiller or training loader: only the model
     state = load_checkpoint(path, map_location=trainer.device)
     trainer.load_model_state(state, path)
     return state, path
@@ -30,13 +30,12 @@ def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str
 def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, split: str | None) -> dict[str, Any]:
     """Evaluate on one split (or every evaluation split); compare with the training-time numbers."""
     state, path = _load(trainer, ctx, ckpt)
-    splits = [split] if split else list(trainer.eval_loaders)
+    splits = [split] if split else (trainer.eval_splits or list(ctx.data.eval_splits))
     for s in splits:
         if s not in ctx.data.eval_splits:
             raise ValueError(f"eval_split={s!r} is not an evaluation split of {ctx.data.name!r} "
                              f"(available: {sorted(ctx.data.eval_splits)})")
-    results = {s: trainer.evaluate(trainer._loader(ctx.data.eval_splits[s], trainer.eval_batch_size, False), s)
-               for s in splits}
+    results = {s: trainer.evaluate(trainer.eval_loader(s), s) for s in splits}
     recorded = state.get("metrics") or {}
     comparison = {s: compare_metrics(results[s], recorded.get(s)) for s in splits}
     out = {"checkpoint": str(path), "epoch": state.get("epoch"), "metrics": results,

@@ -209,8 +209,9 @@ class Trainer:
             self._signal = signum
         return signum
 
-    def setup(self, ctx: RunContext) -> None:
-        """Move to the device, bind weighting and distiller, build optimizer, scheduler and loaders."""
+    def setup_model(self, ctx: RunContext) -> MultiTaskModel:
+        """What evaluation and prediction need: the device, the model on it, precision, the metric
+        directions (``mode=eval``/``predict`` call only this, then :meth:`eval_loader`)."""
         self.ctx = ctx
         self.device = distributed.device_for(select_device(self.device_name))
         self.world_size, self.is_main = distributed.world_size(), distributed.is_main()
@@ -226,6 +227,15 @@ class Trainer:
         if self.device.type == "cuda":
             # static shapes (fixed-size datasets): let cuDNN pick the fastest kernels once
             torch.backends.cudnn.benchmark = self.cudnn_benchmark and not self.deterministic
+        self.amp.setup(self.device)
+        self.eval_model: nn.Module = model
+        self.directions = metric_directions(ctx.tasks)
+        return model
+
+    def setup(self, ctx: RunContext) -> None:
+        """For training: :meth:`setup_model`, then bind weighting and distiller, build optimizer,
+        scheduler and loaders."""
+        model = self.setup_model(ctx)
         ctx.weighting.bind(BoundModel(
             task_names=[t.name for t in ctx.tasks],
             shared_parameters=model.shared_parameters(),
@@ -236,11 +246,9 @@ class Trainer:
         ctx.weighting.to(self.device)
         ctx.distiller.setup(model, ctx.tasks, self.device, build_model=ctx.build_model)
         self.train_model = self._wrap_ddp(model)
-        self.eval_model: nn.Module = model
         if self.compile is not None:
             self._compile()
         # fp16: one GradScaler for the student, its weighting's parameters and the distiller's optimizers
-        self.amp.setup(self.device)
         ctx.distiller.grad_scaler = self.amp.scaler
         try:
             self.optimizer = self.optimizer_factory(
@@ -255,11 +263,9 @@ class Trainer:
         self._hand_synced = self._hand_synced_parameters()
         self.recorder = RunRecorder(_writable_dir(Path(ctx.run_dir))) if self.is_main else MemoryRecorder()
         self.checkpoint_dir = Path(ctx.run_dir) / "checkpoints"
-        self.directions = metric_directions(ctx.tasks)
         self.train_loader = self._loader(ctx.data.train, self.batch_size, shuffle=True)
         splits = self.eval_splits or list(ctx.data.eval_splits)
-        self.eval_loaders = {s: self._loader(ctx.data.eval_splits[s], self.eval_batch_size, shuffle=False)
-                             for s in splits}
+        self.eval_loaders = {s: self.eval_loader(s) for s in splits}
         self.best = None
 
     def _wrap_ddp(self, model: MultiTaskModel) -> nn.Module:
@@ -529,6 +535,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = {t.name: batch[t.name].to(self.device, non_blocking=nb) for t in self.ctx.tasks}
         return images, targets
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """The loader of one evaluation split (under DDP: this process's shard of it)."""
+        return self._loader(self.ctx.data.eval_splits[split], self.eval_batch_size, shuffle=False)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         pin = self.device.type == "cuda" if self.pin_memory is None else self.pin_memory
