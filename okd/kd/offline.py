@@ -33,18 +33,11 @@ DEFAULT_ADAPTOR_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4, weight_
 
 
 def kdmtl_default_stages(model: nn.Module) -> list[str]:
-    """KD-MTL's distilled features (docs/okd.md#kd-mtl): SegNet the encoder bottleneck and the last decoder
-    feature; ResNet ``layer4``; otherwise the shared representation the heads read. Per-column
-    features (``<task>/<stage>``, cross-stitch) give ``{task}/<stage>`` templates."""
-    names = list(getattr(model, "feature_names", ()))
-    tasks = {t.name for t in getattr(model, "tasks", [])}
-    prefix = ""
-    if names and all("/" in n for n in names) and {n.split("/", 1)[0] for n in names} <= tasks:
-        names, prefix = [n.split("/", 1)[1] for n in names], "{task}/"
-    if "bottleneck" in names and "decoder" in names:
-        return [prefix + "bottleneck", prefix + "decoder"]
-    if "layer4" in names:
-        return [prefix + "layer4"]
+    """KD-MTL's distilled features (docs/okd.md#kd-mtl): the model's ``kdmtl_stages`` (okd/models/; SegNet
+    the encoder bottleneck and the last decoder feature, ResNet ``layer4``, per column for cross-stitch),
+    otherwise the shared representation the heads read."""
+    if getattr(model, "kdmtl_stages", ()):
+        return list(model.kdmtl_stages)
     try:
         return [model.representation_key]
     except ValueError as err:

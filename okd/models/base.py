@@ -42,6 +42,8 @@ class MultiTaskModel(nn.Module):
     #: the stages distilled when ``kd.stages`` is not set (okd/kd/afd.py ``default_stages``); empty:
     #: every name in ``feature_names``. ``{task}`` marks per-column features (``{task}/layer3``).
     distillation_stages: tuple[str, ...] = ()
+    #: the student features KD-MTL distils by default (okd/kd/offline.py); empty: the shared representation.
+    kdmtl_stages: tuple[str, ...] = ()
 
     def __init__(self, tasks: Sequence[Task]) -> None:
         super().__init__()

@@ -90,6 +90,7 @@ class CrossStitchResNet(_CrossStitch, ResNetBackbone):
     """
 
     distillation_stages = tuple(f"{{task}}/{s}" for s in STAGES)
+    kdmtl_stages = tuple(f"{{task}}/{s}" for s in ResNetBackbone.kdmtl_stages)
 
     def __init__(self, tasks, per_channel: bool = False, alpha_same: float = 0.9, **resnet) -> None:
         self._unit_settings = (per_channel, alpha_same)
@@ -135,6 +136,7 @@ class CrossStitchSegNet(_CrossStitch):
     """
 
     distillation_stages = tuple(f"{{task}}/{s}" for s in SegNet.distillation_stages)
+    kdmtl_stages = tuple(f"{{task}}/{s}" for s in SegNet.kdmtl_stages)
 
     def __init__(self, tasks, width: float = 1.0, in_channels: int = 3, per_channel: bool = False,
                  alpha_same: float = 0.9) -> None:

@@ -220,6 +220,7 @@ class ResNetBackbone(TaskModules, MultiTaskModel):
 
     feature_names = STAGES
     distillation_stages = STAGES
+    kdmtl_stages = ("layer4",)
 
     def __init__(
         self,

@@ -41,6 +41,8 @@ class SegNet(MultiTaskModel):
     feature_names = ("enc1", "enc2", "enc3", "enc4", "enc5", "bottleneck", "decoder")
     #: the five encoder stages (the counterpart of ResNet's five) and the decoder output the heads read
     distillation_stages = ("enc1", "enc2", "enc3", "enc4", "enc5", "decoder")
+    #: KD-MTL's SegNet features: the encoder bottleneck and the last decoder feature
+    kdmtl_stages = ("bottleneck", "decoder")
 
     def __init__(self, tasks: Sequence[Task], width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__(tasks)

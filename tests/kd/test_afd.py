@@ -231,22 +231,27 @@ SEGNET = ["enc1", "enc2", "enc3", "enc4", "enc5", "decoder"]
 TINY_RESNET = dict(depth=18, width=0.125, layers=[2, 2, 2, 2], aspp_channels=8)
 
 
-@pytest.mark.parametrize("target, settings, expected", [
-    ("resnet.ResNetASPP", TINY_RESNET, RESNET),                       # the five stages of the release
-    ("mtan.MTANResNet", TINY_RESNET, RESNET),                         # MTAN: its shared ResNet's
-    ("segnet.SegNet", dict(width=0.125), SEGNET),                     # the encoder stages and the decoder
-    ("mtan.MTANSegNet", dict(width=0.125), SEGNET),
-    ("cross_stitch.CrossStitchResNet", TINY_RESNET, [f"{{task}}/{s}" for s in RESNET]),  # per column
-    ("cross_stitch.CrossStitchSegNet", dict(width=0.125), [f"{{task}}/{s}" for s in SEGNET]),
-    ("vit.ViTSegmenter", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), ["block1", "block2"]),
+@pytest.mark.parametrize("target, settings, expected, kdmtl", [
+    ("resnet.ResNetASPP", TINY_RESNET, RESNET, ["layer4"]),           # the five stages of the release
+    ("mtan.MTANResNet", TINY_RESNET, RESNET, ["layer4"]),             # MTAN: its shared ResNet's
+    ("segnet.SegNet", dict(width=0.125), SEGNET, ["bottleneck", "decoder"]),  # encoder stages and decoder
+    ("mtan.MTANSegNet", dict(width=0.125), SEGNET, ["bottleneck", "decoder"]),
+    ("cross_stitch.CrossStitchResNet", TINY_RESNET, [f"{{task}}/{s}" for s in RESNET], ["{task}/layer4"]),  # per column
+    ("cross_stitch.CrossStitchSegNet", dict(width=0.125), [f"{{task}}/{s}" for s in SEGNET],
+     ["{task}/bottleneck", "{task}/decoder"]),
+    ("vit.ViTSegmenter", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), ["block1", "block2"],
+     ["encoder"]),                                                    # KD-MTL: the shared representation
 ])
-def test_default_stages_are_what_the_backbone_declares(target, settings, expected):
+def test_default_stages_are_what_the_backbone_declares(target, settings, expected, kdmtl):
+    """kd=okd's (``distillation_stages``) and kd=kdmtl's (``kdmtl_stages``, docs/okd.md#kd-mtl) defaults."""
     from hydra.utils import get_class
 
+    from okd.kd.offline import kdmtl_default_stages
     from okd.tasks import build_tasks
     model = get_class(f"okd.models.{target}")(build_tasks(["depth", "normal"], 7), **settings)
     assert list(model.distillation_stages) == expected
     assert default_stages(model) == expected
+    assert kdmtl_default_stages(model) == kdmtl
 
 
 def test_default_stages_of_a_model_that_declares_none_are_its_features():
