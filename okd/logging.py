@@ -263,25 +263,55 @@ class Progress:
             self.last = now
 
 
-ABBREVIATIONS = {"segmentation": "seg", "normal": "nrm", "weight": "w", "loss": "L", "within_": "<"}
+#: console width: the epoch table wraps its lines to fit
+WIDTH = 100
+TASK_LABELS = {"segmentation": "seg", "depth": "depth", "normal": "nrm"}
+METRIC_LABELS = {"miou": "mIoU", "pix_acc": "acc", "abs_err": "abs", "rel_err": "rel", "mean": "mean",
+                 "median": "med"}
+#: units of the metrics on the console (depth errors take the dataset's depth unit)
+UNITS = {"miou": "%", "pix_acc": "%", "mean": "°", "median": "°"}
 
 
-def format_epoch_table(epoch: int, rows: Mapping[str, Mapping[str, float]], seconds: float) -> str:
-    """One compact block per epoch: a line per split with its losses/metrics."""
-    lines = [f"epoch {epoch:>3} ({seconds:.1f}s)"]
+def format_epoch_table(epoch: int, epochs: int, rows: Mapping[str, Mapping[str, float]], seconds: float,
+                       best: str | None = None, depth_unit: str | None = None) -> str:
+    """One block per epoch, at most :data:`WIDTH` columns: ``epoch k/N (time)``, a mark when this epoch
+    is the best so far (``best``: what it was chosen by), then a line per split (wrapped when long):
+    train losses ``L`` and weights ``w``, evaluation metrics with units."""
+    head = f"epoch {epoch + 1}/{epochs} ({seconds:.1f} s)"
+    if best:
+        head += f"  * best so far ({best})"
+    lines = [head]
     for split, values in rows.items():
-        cells = "  ".join(f"{_abbreviate(k)} {_short(v)}" for k, v in values.items())
-        lines.append(f"  {split:<5} {cells}")
+        cells = [_cell(k, v, depth_unit) for k, v in values.items()]
+        lines.extend(_wrap(f"  {split:<5}", cells))
     return "\n".join(lines)
 
 
-def _abbreviate(key: str) -> str:
-    for long, short in ABBREVIATIONS.items():
-        key = key.replace(long, short)
-    return key
+def _cell(key: str, value: Any, depth_unit: str | None) -> str:
+    if key.startswith(("loss/", "weight/")):
+        kind, task = key.split("/", 1)
+        return f"{'L' if kind == 'loss' else 'w'}/{TASK_LABELS.get(task, task)} {_short(value)}"
+    task, _, metric = key.partition("/")
+    if metric.startswith("within_"):  # share of pixels with an angle error under the threshold
+        label, unit = f"<{metric[len('within_'):]}°", "%"
+    else:
+        label = METRIC_LABELS.get(metric, metric)
+        unit = UNITS.get(metric, " m" if metric == "abs_err" and depth_unit == "metres" else "")
+    return f"{TASK_LABELS.get(task, task)} {label} {_short(value)}{unit}"
 
 
-def _short(v: float) -> str:
+def _wrap(prefix: str, cells: Sequence[str]) -> list[str]:
+    lines, line = [], prefix
+    for cell in cells:
+        if len(line) + 2 + len(cell) > WIDTH and line != prefix:
+            lines.append(line)
+            line = " " * len(prefix)
+        line += ("  " if line.strip() else " ") + cell
+    lines.append(line)
+    return lines
+
+
+def _short(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)

@@ -41,7 +41,8 @@ def test_single_run_lands_in_dated_outputs_dir_with_wandb(tmp_path):
     assert "results:" in proc.stdout and "W&B offline run" in proc.stdout  # tells where things are
     # the console goes to stdout (`> log` keeps it) and, with times, to the run's run.log
     log = (run_dir / "run.log").read_text()
-    assert "epoch   0" in log and "results:" in log and "\r" not in log
+    assert "epoch 1/1" in log and "results:" in log and "\r" not in log
+    assert "best: epoch 1/1, chosen by val loss" in proc.stdout  # the run ends with its result
 
 
 def test_multirun_lands_in_numbered_dirs(tmp_path):
@@ -264,3 +265,21 @@ def test_help_and_config_tools_do_not_import_torch(command):
     assert proc.returncode == 0, proc.stderr[-2000:]
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" not in imported and "okd.config" in imported | {"okd.launch"}
+
+
+def test_console_epoch_table_fits_100_columns_marks_the_best_and_ends_with_the_result():
+    from okd.logging import WIDTH, format_epoch_table
+
+    metrics = {"segmentation/miou": 31.62, "segmentation/pix_acc": 81.04, "depth/abs_err": 0.6123,
+               "depth/rel_err": 0.2431, "normal/mean": 31.27, "normal/median": 26.51, "normal/within_11.25": 20.13,
+               "normal/within_22.5": 43.77, "normal/within_30": 55.34}
+    rows = {"train": {"loss/segmentation": 1.9, "loss/depth": 0.61, "weight/segmentation": 1.0}, "val": metrics}
+    text = format_epoch_table(2, 10, rows, 1.83, best="val loss 2.346", depth_unit="metres")
+    lines = text.splitlines()
+    assert lines[0] == "epoch 3/10 (1.8 s)  * best so far (val loss 2.346)"
+    assert all(len(line) <= WIDTH for line in lines) and len(lines) == 4  # the val line wraps once
+    for cell in ("seg mIoU 31.62%", "depth abs 0.6123 m", "depth rel 0.2431", "nrm mean 31.27°", "nrm <30° 55.34%"):
+        assert cell in text
+    # disparity (Cityscapes) has no unit; no mark on an epoch that is not the best
+    plain = format_epoch_table(0, 1, {"val": {"depth/abs_err": 3.1}}, 0.5, depth_unit="disparity")
+    assert plain.splitlines() == ["epoch 1/1 (0.5 s)", "  val    depth abs 3.1"]

@@ -354,7 +354,9 @@ class Trainer:
         self._update_best(epoch, rows)
         self._save(epoch)
         if self.is_main:
-            console.info(format_epoch_table(epoch, _console_rows(rows), epoch_time))
+            best = _best_label(self.best) if self._pending_best else None
+            console.info(format_epoch_table(epoch, self.epochs, _console_rows(rows), epoch_time, best,
+                                            ctx.data.info.get("depth_unit")))
         return epoch_time
 
     def _train_epoch(self, epoch: int, carry: dict | None = None) -> tuple[Tensor, Tensor, int]:
@@ -729,6 +731,13 @@ class Trainer:
         ctx = self.ctx
         if not self.is_main:
             return
+        if self.best is not None:
+            # the run's result in one line: the chosen epoch and the report split's numbers there
+            report = ctx.data.report_split
+            cells = format_epoch_table(self.best["epoch"], self.epochs, _console_rows(
+                {report: self.best["metrics"].get(report, {})}), 0.0, None, ctx.data.info.get("depth_unit"))
+            console.info(f"best: epoch {self.best['epoch'] + 1}/{self.epochs}, chosen by {_best_label(self.best)}; "
+                         f"{report} there:\n" + "\n".join(cells.splitlines()[1:]))
         console.info(f"results: {Path(ctx.run_dir) / 'summary.json'} and metrics.jsonl; "
               f"checkpoints: {self.checkpoint_dir}; logger: {ctx.logger.describe()}")
 
@@ -749,6 +758,10 @@ def _writable_dir(path: Path) -> Path:
 def _check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _best_label(best: Mapping[str, Any]) -> str:
+    return f"{best['split']} {best['monitor']} {best['value']:.4g}"
 
 
 def _console_rows(rows: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:

@@ -178,7 +178,7 @@ def test_sweep_goes_through_sbatch_and_reports_while_jobs_wait(cluster, tmp_path
         assert (sweep / job / "summary.json").is_file()
         # the job's whole console output is in its run dir, without progress-bar carriage returns
         text = (sweep / job / "run.log").read_text()
-        assert "epoch   0" in text and "results:" in text and "\r" not in text
+        assert "epoch 1/1" in text and "results:" in text and "\r" not in text
     assert "2 running" in out or "1 running" in out
     # the closing screen: one line per job with its status and folder
     assert re.search(r"done .*seed=0", out) and re.search(r"done .*seed=1", out)
