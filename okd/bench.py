@@ -470,7 +470,7 @@ def bench_eval(bench: Bench, base: list[str], variant: Variant, n: int, tmp: Pat
 
 
 def run_variant(args: argparse.Namespace, base: list[str], variant: Variant, methods: list[str]) -> dict:
-    from okd.engine.trainer import select_device
+    from okd.engine.device import select_device
 
     bench = Bench(select_device(args.device), args.warmup, args.steps)
     skipped: dict[str, str] = {}

@@ -16,6 +16,7 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 # One thread: the tests use tiny tensors, where extra threads only add overhead (and oversubscribe
 # the 2-core CI machine while subprocess tests run).
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # what trainer.threads=null then gives every run
 
 
 @pytest.fixture

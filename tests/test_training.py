@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from okd.app import build, run
+from okd.engine.trainer import Trainer
 from okd.config import compose as compose_cfg
 from tests.wandb_records import read_run
 
@@ -260,3 +262,13 @@ def test_metric_comparison_identical_within_tolerance_or_different():
                                           "training time, 0.5001 now)")
     assert compare_metrics({**then, "x": 1.0}, then).startswith("differ beyond rel 1e-05 / abs 1e-08 (largest: x nan")
     assert compare_metrics(then, None) == "not recorded in the checkpoint"
+
+
+def test_threads_default_to_what_the_job_was_given():
+    from okd.engine.device import default_threads
+
+    assert default_threads({"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "8"}) == 3  # launchers set it
+    assert default_threads({"SLURM_CPUS_PER_TASK": "8"}) == 8
+    assert default_threads({}) == len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match="trainer.threads must be a positive integer or null"):
+        Trainer(optimizer=torch.optim.SGD, threads=0)

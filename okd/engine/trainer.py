@@ -25,6 +25,7 @@ from okd.engine import preemption
 from okd.engine.precision import Precision
 from okd.engine.preemption import Preempted
 from okd.engine import summary
+from okd.engine.device import default_threads, select_device
 from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
@@ -34,20 +35,6 @@ from okd.tasks import Task, metric_directions
 from okd.weighting.base import BoundModel, LossWeighting, Weighting
 
 CHECKPOINT_VERSION = 1
-
-
-def select_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as err:  # torch's own message lists every device type it knows
-        raise ValueError(f"trainer.device={device!r} is not a device: expected auto, cpu, cuda or cuda:<index> "
-                         f"({str(err).splitlines()[0]})") from err
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={device!r} but no CUDA device is available; use auto or cpu")
-    return chosen
 
 
 @dataclass
@@ -101,6 +88,7 @@ class Trainer:
         channels_last: bool = False,
         cudnn_benchmark: bool = True,
         compile: bool | Mapping[str, Any] = False,
+        threads: int | None = None,
     ) -> None:
         _check_positive("trainer.epochs", epochs)
         _check_positive("trainer.batch_size", batch_size)
@@ -135,6 +123,11 @@ class Trainer:
         if not isinstance(log_images, int) or log_images < 0:
             raise ValueError(f"trainer.log_images must be an integer >= 0, got {log_images!r}")
         self.log_images = log_images
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"trainer.threads must be a positive integer or null (null: what the machine or "
+                             f"launcher gives this job: OMP_NUM_THREADS, SLURM's cpus-per-task, the usable cores), "
+                             f"got {threads!r}")
+        self.threads = threads
         self.amp = Precision(precision)
         if not isinstance(compile, (bool, Mapping)):
             raise ValueError(f"trainer.compile must be true, false or a dict of torch.compile arguments "
@@ -214,6 +207,7 @@ class Trainer:
         directions (``mode=eval``/``predict`` call only this, then :meth:`eval_loader`)."""
         self.ctx = ctx
         self.device = distributed.device_for(select_device(self.device_name))
+        torch.set_num_threads(self.threads or default_threads())
         self.world_size, self.is_main = distributed.world_size(), distributed.is_main()
         if not self.is_main:
             ctx.logger = NullLogger()  # rank 0 logs for the whole job
@@ -725,7 +719,7 @@ class Trainer:
         console.info(f"okd: {ctx.data.name} ({len(ctx.data.train)} train samples), tasks {[t.name for t in ctx.tasks]}, "
               f"{type(ctx.model).__name__} with {ctx.model.num_parameters():,} parameters, "
               f"weighting {type(ctx.weighting).__name__}, kd {type(ctx.distiller).__name__}, "
-              f"device {self.device}{ddp}, epochs {start_epoch}..{self.epochs - 1}")
+              f"device {self.device}{ddp}, {torch.get_num_threads()} CPU thread(s), epochs {start_epoch}..{self.epochs - 1}")
 
     def _farewell(self) -> None:
         ctx = self.ctx
