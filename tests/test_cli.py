@@ -283,3 +283,18 @@ def test_console_epoch_table_fits_100_columns_marks_the_best_and_ends_with_the_r
     # disparity (Cityscapes) has no unit; no mark on an epoch that is not the best
     plain = format_epoch_table(0, 1, {"val": {"depth/abs_err": 3.1}}, 0.5, depth_unit="disparity")
     assert plain.splitlines() == ["epoch 1/1 (0.5 s)", "  val    depth abs 3.1"]
+
+
+def test_data_roots_can_be_set_once_in_the_environment(tmp_path, monkeypatch):
+    from okd.config import compose
+
+    monkeypatch.setenv("OKD_NYUV2_ROOT", str(tmp_path / "nyuv2"))
+    monkeypatch.setenv("OKD_CITYSCAPES_ROOT", str(tmp_path / "cityscapes"))
+    assert compose(["dataset=nyuv2"]).dataset.root == str(tmp_path / "nyuv2")
+    assert compose(["dataset=cityscapes"]).dataset.root == str(tmp_path / "cityscapes")
+    assert compose(["dataset=nyuv2", "dataset.root=/elsewhere"]).dataset.root == "/elsewhere"  # the command wins
+    env = {k: v for k, v in os.environ.items() if k not in ("OKD_NYUV2_ROOT", "OKD_CITYSCAPES_ROOT")}
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "dataset=nyuv2", "logger=none",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "export OKD_NYUV2_ROOT=<folder>" in proc.stderr, proc.stderr

@@ -37,6 +37,11 @@ def problem(dataset: str, what: str, path, found, expected) -> DatasetError:
 # ----------------------------------------------------------------------------------------------
 # Root and folders
 # ----------------------------------------------------------------------------------------------
+def root_variable(dataset: str) -> str:
+    """The environment variable conf/dataset/<name>.yaml reads the root from (OKD_NYUV2_ROOT, ...)."""
+    return f"OKD_{dataset.upper()}_ROOT"
+
+
 def resolve_root(root, dataset: str, example: str) -> Path:
     """The root as a Path; a clear error when it is unset, missing or not a directory.
 
@@ -45,7 +50,8 @@ def resolve_root(root, dataset: str, example: str) -> Path:
     if root is None or str(root).strip() == "":
         raise DatasetError(
             f"{dataset}: dataset.root is not set: found null; expected the folder of the {dataset} "
-            f"download, e.g. `python run.py {example}` (downloads and layouts: {DATA_DOCS})")
+            f"download, e.g. `python run.py {example}`, or once for every command: `export "
+            f"{root_variable(dataset)}=<folder>` (downloads and layouts: {DATA_DOCS})")
     path = Path(os.path.expanduser(str(root)))
     if not path.exists():
         raise problem(dataset, "dataset.root does not exist", path, "no such file or directory",
