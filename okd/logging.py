@@ -95,8 +95,10 @@ class MemoryRecorder(RunRecorder):
 class Logger:
     """Experiment-tracker interface. ``start`` receives the resolved config as a plain dict."""
 
-    def start(self, run_dir: Path, config: dict, resume_id: str | None = None) -> None:
-        pass
+    def start(self, run_dir: Path, config: dict, resume_id: str | None = None,
+              metrics: Mapping[str, bool] | None = None) -> None:
+        """``config``: the tracker's config (:func:`tracker_config`); ``metrics``: every logged metric
+        key with whether higher is better (trackers that summarise runs use the best value)."""
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         pass
@@ -119,6 +121,36 @@ class Logger:
 
     def describe(self) -> str:
         return "no experiment tracker (logger=none)"
+
+
+#: the config groups whose chosen option every tracker run carries as a plain config key
+CHOICE_KEYS = ("dataset", "backbone", "weighting", "kd", "experiment")
+
+
+def tracker_config(config: Mapping[str, Any], choices: Mapping[str, Any], method: str | None = None) -> dict:
+    """What a tracker records as a run's config: the chosen option of every config group and the
+    method as plain keys (to group, filter and colour runs by), the seed, and the whole resolved
+    config without Hydra's ``_target_`` entries under ``config`` (its swept values are columns too)."""
+    def clean(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            return {k: clean(v) for k, v in node.items() if k != "_target_"}
+        if isinstance(node, (list, tuple)):
+            return [clean(v) for v in node]
+        return node
+
+    out: dict[str, Any] = {key: choices.get(key) for key in CHOICE_KEYS}
+    out["method"] = method or config.get("method") or method_name(choices)
+    out["seed"] = config.get("seed")
+    out["config"] = clean(config)
+    return out
+
+
+def method_name(choices: Mapping[str, Any]) -> str:
+    """A run's method from its config choices: the experiment preset, else weighting (+ its KD)."""
+    if choices.get("experiment"):
+        return str(choices["experiment"])
+    weighting, kd = choices.get("weighting") or "?", choices.get("kd")
+    return str(weighting) if kd in (None, "none") else f"{kd}+{weighting}"
 
 
 class NullLogger(Logger):
@@ -169,7 +201,8 @@ class WandbLogger(Logger):
         self._run_id: str | None = None
         self._description: str | None = None
 
-    def start(self, run_dir: Path, config: dict, resume_id: str | None = None) -> None:
+    def start(self, run_dir: Path, config: dict, resume_id: str | None = None,
+              metrics: Mapping[str, bool] | None = None) -> None:
         import wandb  # imported here: it is slow to import and unused with logger=none
 
         self._run = wandb.init(
@@ -179,6 +212,11 @@ class WandbLogger(Logger):
         )
         self._run_id = self._run.id
         self._description = self._describe_run()
+        # charts over epochs, and run tables that show each metric's best value in its own direction
+        self._run.define_metric("epoch")
+        self._run.define_metric("*", step_metric="epoch")
+        for key, higher in (metrics or {}).items():
+            self._run.define_metric(key, step_metric="epoch", summary="max" if higher else "min")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self._guarded("log", lambda run: run.log(dict(metrics), step=step))

@@ -46,8 +46,9 @@ def raw_records(path: Path):
 
 
 def read_run(path: Path) -> dict:
-    """{'run': Record.run, 'config': {...}, 'history': [dict], 'summary': {...}} from a .wandb file."""
-    out = {"run": None, "config": {}, "history": [], "summary": {}}
+    """{'run': Record.run, 'config': {...}, 'history': [dict], 'summary': {...}, 'metrics': {name: MetricRecord}}
+    from a .wandb file (``metrics``: the ``define_metric`` declarations)."""
+    out = {"run": None, "config": {}, "history": [], "summary": {}, "metrics": {}}
     for blob in raw_records(path):
         record = pb.Record()
         record.ParseFromString(blob)
@@ -61,6 +62,8 @@ def read_run(path: Path) -> dict:
             out["history"].append(_items(record.history.item))
         elif kind == "summary":
             out["summary"].update(_items(record.summary.update))
+        elif kind == "metric":
+            out["metrics"][record.metric.name or record.metric.glob_name] = record.metric
     return out
 
 

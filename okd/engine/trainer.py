@@ -29,7 +29,8 @@ from okd.engine.device import default_threads, select_device
 from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
-from okd.logging import Logger, MemoryRecorder, NullLogger, Progress, RunRecorder, console, format_epoch_table
+from okd.logging import (Logger, MemoryRecorder, NullLogger, Progress, RunRecorder, console, format_epoch_table,
+                         tracker_config)
 from okd.models.base import MultiTaskModel
 from okd.tasks import Task, metric_directions
 from okd.weighting.base import BoundModel, LossWeighting, Weighting
@@ -154,7 +155,8 @@ class Trainer:
         resumed = self.resume is True or (self.resume == "auto" and last.is_file())
         if resumed:
             start_epoch, wandb_id = self._restore()
-        ctx.logger.start(Path(ctx.run_dir), ctx.config, resume_id=wandb_id)
+        ctx.logger.start(Path(ctx.run_dir), tracker_config(ctx.config, ctx.choices), resume_id=wandb_id,
+                         metrics=self._tracked_metrics())
         self._announce(start_epoch)
         if not resumed:  # a resume in epoch 0 has warmed up already: its teachers are in the checkpoint
             ctx.distiller.warmup(self.train_loader)  # e.g. OKD's teachers train alone first
@@ -185,6 +187,15 @@ class Trainer:
             raise SystemExit(exit_code)
         self._farewell()
         return result
+
+    def _tracked_metrics(self) -> dict[str, bool]:
+        """Every per-epoch key the tracker receives with its direction (higher is better?)."""
+        names = [t.name for t in self.ctx.tasks]
+        out = {f"train/loss/{n}": False for n in names}
+        for split in self.eval_loaders:
+            out.update({f"{split}/loss": False, **{f"{split}/loss/{n}": False for n in names}})
+            out.update({f"{split}/{metric}": higher for metric, higher in self.directions.items()})
+        return out
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signal = signum  # acted on at the end of the current step (under DDP: the next one)
