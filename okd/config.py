@@ -1,7 +1,7 @@
 """The resolvers conf/ uses (registered on import; run.py imports this) and :func:`compose`, conf/ composed
 as ``python run.py <overrides>`` would compose it (tests, benchmarks and the sweep tools of okd/launch.py).
 
-Resolvers: ``okd_run_name`` (W&B run names), ``okd_now`` (one start time for every process of a DDP
+Resolvers: ``okd_run_name`` and ``okd_group`` (W&B run names and groups), ``okd_now`` (one start time for every process of a DDP
 job), ``okd_subdir`` (a sweep job's folder, named after its overrides), ``okd_stl_runs`` (KD-MTL's
 teachers are the single-task runs of the same sweep) and ``okd_direction`` (the Optuna direction that
 matches ``trainer.monitor``). Nothing here imports torch at module level: run.py imports this module
@@ -20,9 +20,36 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def run_name(name: str, overrides: str = "") -> str:
-    """W&B run name: the experiment name, then the command-line overrides that make this run."""
-    return f"{name}[{overrides}]" if overrides else str(name)
+#: the name of runs and sweeps that no preset named (conf/config.yaml)
+UNNAMED = "default"
+
+
+def run_name(name: str, overrides: str = "", seed: int | str | None = None) -> str:
+    """W&B run name. A named preset or sweep: its name, then the command-line overrides that make
+    this run (``paper_nyuv2_resnet50[experiment=okd,seed=1]``). Otherwise the method and the seed,
+    then the other overrides (``dwa seed=1 [trainer.epochs=6]``)."""
+    if name != UNNAMED:
+        return f"{name}[{overrides}]" if overrides else str(name)
+    rest = [o for o in overrides.split(",") if o and not o.startswith(("seed=", "weighting=", "kd=", "experiment="))]
+    return f"{_method()} seed={seed}" + (f" [{','.join(rest)}]" if rest else "")
+
+
+def run_group(name: str) -> str:
+    """W&B group: a named preset or sweep's name; an unnamed sweep (``-m``) its own, from its folder
+    (``default-2026-12-06-20-36-09``: every run of it, and only those); a single unnamed run its method,
+    so that runs of one method line up."""
+    if name != UNNAMED or not HydraConfig.initialized():
+        return str(name)
+    hc = HydraConfig.get()
+    if hc.mode is not None and hc.mode.name == "MULTIRUN":
+        return "-".join([str(name), *Path(str(hc.sweep.dir)).parts[-2:]])
+    return _method()
+
+
+def _method() -> str:
+    from okd.logging import method_name
+
+    return method_name(dict(HydraConfig.get().runtime.choices)) if HydraConfig.initialized() else "?"
 
 
 _shared_start: datetime | None = None
@@ -110,6 +137,7 @@ def direction(monitor: str) -> str:
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("okd_run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("okd_group", run_group, replace=True)
     OmegaConf.register_new_resolver("okd_now", now, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("okd_stl_runs", lambda tasks: stl_runs(list(tasks)), replace=True)
     OmegaConf.register_new_resolver("okd_direction", direction, replace=True)

@@ -391,3 +391,19 @@ def test_every_multirun_ends_with_one_screen_listing_its_jobs(tmp_path):
     assert re.match(r"  failed\s+1  .*trainer.batch_size=0", screen[2]), screen
     assert "trainer.batch_size must be a positive integer, got 0" in screen[3]
     assert json.loads((sweep / "1" / "job_status.json").read_text())["status"] == "FAILED"
+
+
+def test_an_ad_hoc_sweep_shares_one_wandb_group_and_names_runs_by_method_and_seed(tmp_path):
+    """`-m weighting=ew,dwa seed=0,1` with no preset name: one W&B group of its own (not `default`),
+    run names with the method and the seed, the group choices and the method as plain config keys."""
+    okd_run(tmp_path, "-m", *TINY, "logger=wandb", "weighting=ew,dwa", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sw'}")
+    runs = [read_run(p) for p in sorted((tmp_path / "sw").glob("*/wandb/offline-run-*/run-*.wandb"))]
+    assert len(runs) == 4 and len({r["run"].run_group for r in runs}) == 1
+    group = runs[0]["run"].run_group
+    assert group.startswith("default-") and group.endswith("-sw")
+    assert sorted(r["run"].display_name.split(" [")[0] for r in runs) == \
+        ["dwa seed=0", "dwa seed=1", "ew seed=0", "ew seed=1"]
+    for r in runs:
+        config = r["config"]
+        assert config["method"] == config["weighting"] and config["kd"] == "none" and config["backbone"] == "segnet"
+        assert config["dataset"] == "synthetic" and config["config"]["seed"] == config["seed"]
