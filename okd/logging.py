@@ -43,6 +43,19 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def writable_dir(path: Path) -> Path:
+    """Fail before training when results could not be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".okd-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"the run directory {path} is not writable ({err.strerror or err}); choose another with "
+                      f"hydra.run.dir=<dir>") from err
+    return path
+
+
 class RunRecorder:
     """Writes ``metrics.jsonl`` and ``summary.json`` in the run directory."""
 

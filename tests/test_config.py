@@ -59,9 +59,9 @@ def test_logger_options_build_a_logger(option):
     logger = instantiate(cfg.logger, _convert_="all")
     assert isinstance(logger, Logger)
     if option == "wandb":
-        assert logger.group == "default"
+        assert logger.group == "ew"  # a single run without a preset name: grouped by its method
         assert logger.tags == ["synthetic", "segnet", "ew", "kd-none"]
-        assert logger.name == "default[seed=3,weighting=ew]"
+        assert logger.name == "ew seed=3"  # the method and the seed (the overrides that chose them)
         assert logger.mode == "offline"  # tests run without credentials / with WANDB_MODE=offline
 
 

@@ -11,7 +11,11 @@ def select_device(device: str) -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; anything else is passed to torch.device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:  # torch's own message lists every device type it knows
+        raise ValueError(f"trainer.device={device!r} is not a device: expected auto, cpu, cuda or cuda:<index> "
+                         f"({str(err).splitlines()[0]})") from err
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"trainer.device={device!r} but no CUDA device is available; use auto or cpu")
     return chosen

@@ -14,7 +14,7 @@ from typing import Any
 from okd import distributed
 from okd.engine.checkpoint import load_checkpoint
 from okd.engine.trainer import RunContext, Trainer
-from okd.logging import atomic_write_text, console
+from okd.logging import atomic_write_text, console, writable_dir
 
 
 def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str, Any], Path]:
@@ -22,6 +22,7 @@ def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str
         raise ValueError("this mode needs a checkpoint: add ckpt=<path to last.pt or best.pt>")
     path = Path(ckpt)
     trainer.setup_model(ctx)  # no optimizer, weighting, distiller or training loader: only the model
+    writable_dir(Path(ctx.run_dir))  # eval.json / predictions/ land there: refused before any work
     state = load_checkpoint(path, map_location=trainer.device)
     trainer.load_model_state(state, path)
     return state, path

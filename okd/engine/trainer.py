@@ -30,7 +30,7 @@ from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
 from okd.logging import (Logger, MemoryRecorder, NullLogger, Progress, RunRecorder, console, format_epoch_table,
-                         tracker_config)
+                         tracker_config, writable_dir)
 from okd.models.base import MultiTaskModel
 from okd.tasks import Task, metric_directions
 from okd.weighting.base import BoundModel, LossWeighting, Weighting
@@ -266,7 +266,7 @@ class Trainer:
             raise ValueError(f"trainer.optimizer/scheduler: {err} (see conf/trainer/default.yaml for valid "
                              f"settings: lr >= 0, weight_decay >= 0, ...)") from err
         self._hand_synced = self._hand_synced_parameters()
-        self.recorder = RunRecorder(_writable_dir(Path(ctx.run_dir))) if self.is_main else MemoryRecorder()
+        self.recorder = RunRecorder(writable_dir(Path(ctx.run_dir))) if self.is_main else MemoryRecorder()
         self.checkpoint_dir = Path(ctx.run_dir) / "checkpoints"
         self.train_loader = self._loader(ctx.data.train, self.batch_size, shuffle=True)
         splits = self.eval_splits or list(ctx.data.eval_splits)
@@ -745,19 +745,6 @@ class Trainer:
                          f"{report} there:\n" + "\n".join(cells.splitlines()[1:]))
         console.info(f"results: {Path(ctx.run_dir) / 'summary.json'} and metrics.jsonl; "
               f"checkpoints: {self.checkpoint_dir}; logger: {ctx.logger.describe()}")
-
-
-def _writable_dir(path: Path) -> Path:
-    """Fail before training when results could not be written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".okd-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise OSError(f"the run directory {path} is not writable ({err.strerror or err}); choose another with "
-                      f"hydra.run.dir=<dir>") from err
-    return path
 
 
 def _check_positive(name: str, value: int) -> None:
