@@ -132,6 +132,12 @@ else:
         """hydra-submitit-launcher's SLURM launcher with clear submission errors and queue reports."""
 
         def __init__(self, report_every_s: float = 60.0, poll_s: float = 2.0, **params: Any) -> None:
+            if not float(poll_s) > 0 or not float(report_every_s) >= 0:
+                # before anything is submitted; one line, as for every bad input (Hydra would wrap an exception)
+                print(f"okd: error: hydra.launcher.poll_s must be > 0 and hydra.launcher.report_every_s >= 0 (0: "
+                      f"report only when the counts change), got poll_s={poll_s}, report_every_s={report_every_s}",
+                      file=sys.stderr, flush=True)
+                raise SystemExit(2)
             super().__init__(**params)
             self.report_every_s = float(report_every_s)
             self.poll_s = float(poll_s)

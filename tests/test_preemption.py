@@ -92,3 +92,15 @@ def test_sigterm_to_every_process_with_wandb_saves_and_keeps_the_exit_status(tmp
                    timeout=300)
     final = lambda d: json.loads((d / "summary.json").read_text())["final"]  # noqa: E731
     assert final(cut) == final(straight)
+
+
+def test_launcher_report_settings_are_checked_before_anything_is_submitted(tmp_path):
+    """A bad launcher setting ends the launch with one line and status 2, before any sbatch."""
+    pytest.importorskip("submitit")
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=okd_slurm",
+                           "hydra.launcher.poll_s=0", f"hydra.sweep.dir={tmp_path}", "seed=0"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors == ["okd: error: hydra.launcher.poll_s must be > 0 and hydra.launcher.report_every_s >= 0 (0: "
+                      "report only when the counts change), got poll_s=0.0, report_every_s=60.0"], proc.stderr
