@@ -125,6 +125,9 @@ class Logger:
     def log_images(self, images: Mapping[str, Any], step: int) -> None:
         """PIL images keyed by name."""
 
+    def log_checkpoints(self, checkpoint_dir: Path) -> None:
+        """Called once at the end of a finished fit with the run's checkpoint folder (best.pt, last.pt)."""
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 

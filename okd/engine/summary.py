@@ -70,6 +70,36 @@ def deltas(chosen: Mapping[str, dict], *, tasks: Sequence[str], dataset: str, ba
     return out
 
 
+def build(ctx: Any, *, rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any] | None,
+          last: Mapping[str, Mapping[str, float]], epochs: int, device: Any, directions: Mapping[str, bool],
+          skipped_steps: int, seconds: float, epoch_times: Sequence[float]) -> dict[str, Any]:
+    """The whole summary of a finished fit of ``ctx`` (an ``okd.engine.trainer.RunContext``)."""
+    chosen = selections(rows, ctx.data.report_split, best, int(ctx.delta.get("last_n", 10)))
+    delta = deltas(chosen, tasks=[t.name for t in ctx.tasks], dataset=ctx.data.name,
+                   backbone=ctx.choices.get("backbone"), run_dir=ctx.run_dir, delta=ctx.delta, directions=directions)
+    return {
+        "run_dir": str(ctx.run_dir),
+        "dataset": ctx.data.name,
+        "tasks": [t.name for t in ctx.tasks],
+        "choices": dict(ctx.choices),
+        "seed": ctx.seed,
+        "epochs": epochs,
+        "device": str(device),
+        "num_parameters": ctx.model.num_parameters(),
+        "select_split": ctx.data.select_split,
+        "report_split": ctx.data.report_split,
+        "depth_unit": ctx.data.info.get("depth_unit"),  # okd.report labels depth numbers with it
+        "final": {s: dict(r) for s, r in last.items()},
+        "best": best,
+        "skipped_steps": skipped_steps,
+        "selection": chosen,
+        "delta": delta,
+        "time_s": seconds,
+        "epoch_time_s_mean": sum(epoch_times) / len(epoch_times) if epoch_times else None,
+        "wandb": {"id": ctx.logger.run_id, "where": ctx.logger.describe()},
+    }
+
+
 def flat(summary: Mapping[str, Any]) -> dict[str, Any]:
     """Tracker summary keys: final/<split>/<metric>, best/<split>/<metric>, best/epoch, delta_m/best, ..."""
     out: dict[str, Any] = {}

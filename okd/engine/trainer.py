@@ -26,6 +26,7 @@ from okd.engine.precision import Precision
 from okd.engine.preemption import Preempted
 from okd.engine import summary
 from okd.engine.device import default_threads, select_device
+from okd.engine.panels import log_panels
 from okd.engine.sampler import ResumableRandomSampler
 from okd.engine.checkpoint import check_model_state, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from okd.kd.base import Distiller, NoDistillation
@@ -170,9 +171,14 @@ class Trainer:
                 signum = self._agreed_signal()
                 if signum and epoch + 1 < self.epochs:  # arrived during evaluation: last.pt is this epoch's
                     raise Preempted(signum, epoch + 1, 0)
-            result = self._summary(time.perf_counter() - started, epoch_times)
+            result = summary.build(ctx, rows=self.recorder.rows(), best=self.best, last=getattr(self, "last_rows", {}),
+                                   epochs=self.epochs, device=self.device, directions=self.directions,
+                                   skipped_steps=self.skipped_steps, seconds=time.perf_counter() - started,
+                                   epoch_times=epoch_times)
             self.recorder.write_summary(result)
             ctx.logger.summary(summary.flat(result))
+            if self.is_main:
+                ctx.logger.log_checkpoints(self.checkpoint_dir)
             exit_code = 0
         except Preempted as stop:
             exit_code = stop.exit_code
@@ -355,7 +361,7 @@ class Trainer:
                         if isinstance(v, (int, float))} | {"epoch": epoch, "epoch_time_s": epoch_time},
                        step=epoch)
         self.last_rows = rows
-        self._log_panels(epoch)
+        log_panels(ctx.logger, ctx.model, ctx.tasks, ctx.data, self.device, self.log_images, epoch)
         self._update_best(epoch, rows)
         self._save(epoch)
         if self.is_main:
@@ -421,21 +427,6 @@ class Trainer:
             raise OkdError(f"epoch {epoch}: the training split yielded no usable batch (trainer.batch_size larger "
                            f"than the split with trainer.drop_last=true, or every step skipped as non-finite)")
         return loss_sum / steps, weight_sum / steps, skipped
-
-    def _log_panels(self, epoch: int) -> None:
-        """A few fixed samples of the report split as prediction panels (comparable across runs)."""
-        ctx = self.ctx
-        if not self.log_images or not ctx.logger.accepts_images:
-            return
-        from okd.predict import collect_inputs, prediction_panels
-
-        split = ctx.data.report_split
-        count = min(self.log_images, len(ctx.data.eval_splits[split]))
-        inputs = collect_inputs(f"split:{split}:{count}", ctx.data.eval_splits)
-        panels = prediction_panels(ctx.model, ctx.tasks, inputs, self.device,
-                                   class_names=ctx.data.info.get("class_names"),
-                                   depth_unit=ctx.data.info.get("depth_unit"))
-        ctx.logger.log_images({f"{split}/panel/{name}": image for name, image in panels}, step=epoch)
 
     def _check_finite(self, first_bad: Tensor, epoch: int) -> None:
         if self.nan_policy == "skip":
@@ -691,36 +682,6 @@ class Trainer:
                           {**state.get("choices", {}), "num_classes": state.get("num_classes")},
                           {**ctx.choices, "num_classes": ctx.data.num_classes} if ctx.choices else None)
         ctx.model.load_state_dict(state["model"])
-
-    def _summary(self, seconds: float, epoch_times: list[float]) -> dict[str, Any]:
-        ctx = self.ctx
-        last = getattr(self, "last_rows", {})
-        selections = summary.selections(self.recorder.rows(), ctx.data.report_split, self.best,
-                                        int(ctx.delta.get("last_n", 10)))
-        delta = summary.deltas(selections, tasks=[t.name for t in ctx.tasks], dataset=ctx.data.name,
-                               backbone=ctx.choices.get("backbone"), run_dir=ctx.run_dir, delta=ctx.delta,
-                               directions=self.directions)
-        return {
-            "run_dir": str(ctx.run_dir),
-            "dataset": ctx.data.name,
-            "tasks": [t.name for t in ctx.tasks],
-            "choices": dict(ctx.choices),
-            "seed": ctx.seed,
-            "epochs": self.epochs,
-            "device": str(self.device),
-            "num_parameters": ctx.model.num_parameters(),
-            "select_split": ctx.data.select_split,
-            "report_split": ctx.data.report_split,
-            "depth_unit": ctx.data.info.get("depth_unit"),  # okd.report labels depth numbers with it
-            "final": {s: dict(r) for s, r in last.items()},
-            "best": self.best,
-            "skipped_steps": self.skipped_steps,
-            "selection": selections,
-            "delta": delta,
-            "time_s": seconds,
-            "epoch_time_s_mean": sum(epoch_times) / len(epoch_times) if epoch_times else None,
-            "wandb": {"id": ctx.logger.run_id, "where": ctx.logger.describe()},
-        }
 
     def _announce(self, start_epoch: int) -> None:
         ctx = self.ctx
