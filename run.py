@@ -81,6 +81,9 @@ def list_sweep_jobs() -> None:
 
 
 if __name__ == "__main__":
+    if (null_group := okd.config.null_group_error(sys.argv[1:])) is not None:  # `protocol=null`: Hydra's traceback
+        print(null_group, file=sys.stderr)
+        raise SystemExit(2)
     if join_torchrun_job():
         from okd import distributed
 

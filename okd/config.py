@@ -135,6 +135,30 @@ def direction(monitor: str) -> str:
     return "maximize" if directions[monitor] else "minimize"
 
 
+def null_group_error(args: Sequence[str]) -> str | None:
+    """The one-line error for a config group set to null on the command line (``protocol=null``), which
+    Hydra refuses with a traceback ("Config group override must be a string or a list"), naming the
+    form that works; None when no argument does that. run.py calls it before Hydra parses the command line."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("+")
+        if not sep or value.strip().lower() != "null" or "/" in group or not (CONF_DIR / group).is_dir():
+            continue
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        optional = f"  - {group}: null" in (CONF_DIR / "config.yaml").read_text()  # no option by default
+        if "none" in options:
+            fix = f"use {group}=none" + (f" (or '~{group}', which removes the group)" if optional else "")
+        elif optional:
+            fix = f"leave it out, or use '~{group}' to remove the one a preset selects"
+        else:
+            fix = f"choose one of: {', '.join(options)}"
+        hint = (" (protocol=none: a preset on the synthetic scenes with the default backbone, no download)"
+                if group == "protocol" else "")
+        return (f"okd: error: {arg}: a config group takes the name of one of its options (conf/{group}/), not null; "
+                f"{fix}{hint}")
+    return None
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("okd_run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("okd_group", run_group, replace=True)
