@@ -6,11 +6,7 @@ import torch
 
 from okd.weighting.cagrad import CAGrad, cagrad_weights
 from okd.weighting.solvers import gram
-from toys import TanhToy, bound_method, check_descent, check_extra_loss, check_round_trip, step
-
-
-def t64(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64)
+from toys import TanhToy, bound_method, step, t64
 
 
 def direction(rows, **kwargs) -> torch.Tensor:
@@ -104,11 +100,3 @@ def test_backward_writes_combine_and_raw_heads():
     torch.testing.assert_close(step(cag, toy), weights)
     torch.testing.assert_close(toy.shared_grad(), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(toy.head_grad(), ref["heads"].sum(0), rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("kwargs", [{}, {"c": 0.5, "times_k": False}])
-def test_descent_extra_loss_and_state(kwargs):
-    make = lambda: CAGrad(**kwargs)  # noqa: E731
-    check_descent(make, lr=0.1)
-    check_extra_loss(make)
-    check_round_trip(make)

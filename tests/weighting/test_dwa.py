@@ -1,19 +1,13 @@
 """DWA (okd/weighting/dwa.py) against Liu et al. 2019, Eq. (7), with hand-computed weights."""
 from __future__ import annotations
 
-import inspect
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from okd.weighting.base import BoundModel
 from okd.weighting.dwa import DWA
-
-CONF = Path(__file__).resolve().parents[2] / "conf" / "weighting" / "dwa.yaml"
 
 
 def _bound(num_tasks: int) -> BoundModel:
@@ -129,11 +123,3 @@ def test_bad_epoch_losses_raise():
         dwa.on_epoch_end(0, torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="> 0"):
         dwa.on_epoch_end(0, torch.tensor([0.0, 1.0]))
-
-
-def test_config_instantiates_with_the_class_defaults():
-    cfg = OmegaConf.load(CONF)
-    dwa = instantiate(cfg)
-    assert isinstance(dwa, DWA)
-    default = inspect.signature(DWA).parameters["temperature"].default
-    assert dwa.temperature == cfg.temperature == default == 2.0

@@ -1,17 +1,12 @@
 """EW (okd/weighting/ew.py): the backward pass is the gradient of sum_k L_k (+ extra loss)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from okd.weighting.base import BoundModel
 from okd.weighting.ew import EW
-
-CONF = Path(__file__).resolve().parents[2] / "conf" / "weighting" / "ew.yaml"
 
 
 def _toy():
@@ -65,7 +60,3 @@ def test_no_learnable_state_and_round_trip():
     restored.bind(bound)
     restored.load_checkpoint_state(ew.checkpoint_state())
     assert torch.equal(restored.weights(torch.ones(2)), torch.ones(2))
-
-
-def test_config_instantiates():
-    assert isinstance(instantiate(OmegaConf.load(CONF)), EW)

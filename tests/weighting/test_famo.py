@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from toys import Toy, assert_yaml_matches_defaults, extra_gradient, one_step, roundtrip, train
+from toys import Toy, one_step, roundtrip, train
 
 from okd.weighting.base import BoundModel
 from okd.weighting.famo import FAMO
@@ -93,15 +93,6 @@ def test_integration_gradients_and_no_learnable_parameters():
         torch.testing.assert_close(heads[k], lam[k] * head_grads[k], rtol=1e-5, atol=1e-6)
 
 
-def test_extra_loss_adds_to_the_shared_gradient():
-    toy = Toy(seed=2)
-    method = FAMO()
-    method.bind(toy.bound)
-    _, shared, _ = one_step(method, toy)
-    _, shared_x, _ = one_step(method, toy, extra=True)  # xi unchanged: no after_step in between
-    torch.testing.assert_close(shared_x - shared, extra_gradient(toy), rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("recompute", [True, False])
 def test_training_decreases_every_loss(recompute):
     toy = Toy(seed=3)
@@ -141,7 +132,3 @@ def test_bad_arguments(kwargs, name):
 def test_min_losses_length_is_checked_at_bind():
     with pytest.raises(ValueError, match="min_losses"):
         bound_method(3, min_losses=[0.0, 0.0])
-
-
-def test_yaml_lists_every_argument_with_its_default():
-    assert_yaml_matches_defaults("famo", FAMO)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toys import Toy, assert_yaml_matches_defaults, extra_gradient, one_step, roundtrip, train
+from toys import Toy, one_step
 
 from okd.weighting.base import BoundModel
 from okd.weighting.gls import GLS
@@ -53,37 +53,6 @@ def test_integration_gradients():
         torch.testing.assert_close(heads[k], lam[k] * head_grads[k], rtol=1e-5, atol=1e-6)
 
 
-def test_extra_loss_adds_to_the_shared_gradient():
-    toy = Toy(seed=2)
-    method = GLS()
-    method.bind(toy.bound)
-    _, shared, _ = one_step(method, toy)
-    _, shared_x, _ = one_step(method, toy, extra=True)
-    torch.testing.assert_close(shared_x - shared, extra_gradient(toy), rtol=1e-5, atol=1e-6)
-
-
-def test_training_decreases_every_loss():
-    toy = Toy(seed=3)
-    method = GLS()
-    method.bind(toy.bound)
-    first, last = train(method, toy, steps=40, lr=0.1)
-    assert (last < first).all(), (first, last)
-
-
-def test_checkpoint_round_trip_and_no_state():
-    toy = Toy(seed=4)
-    method = GLS()
-    method.bind(toy.bound)
-    assert method.checkpoint_state() == {"module": {}, "extra": {}}
-    fresh = GLS()
-    roundtrip(method, fresh, toy)
-    torch.testing.assert_close(one_step(fresh, toy)[1], one_step(method, toy)[1])
-
-
 def test_bad_eps():
     with pytest.raises(ValueError, match="eps"):
         GLS(eps=0.0)
-
-
-def test_yaml_lists_every_argument_with_its_default():
-    assert_yaml_matches_defaults("gls", GLS)

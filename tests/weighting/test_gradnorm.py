@@ -1,19 +1,13 @@
 """GradNorm (okd/weighting/gradnorm.py) against Chen et al. 2018, Eqs. (1)-(2) and Algorithm 1."""
 from __future__ import annotations
 
-import inspect
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from okd.weighting.base import BoundModel
 from okd.weighting.gradnorm import GradNorm
-
-CONF = Path(__file__).resolve().parents[2] / "conf" / "weighting" / "gradnorm.yaml"
 
 
 class Toy(nn.Module):
@@ -206,12 +200,3 @@ def test_bind_needs_the_last_shared_layer():
     bound.last_shared_parameters = []
     with pytest.raises(ValueError, match="last_shared_parameters"):
         GradNorm().bind(bound)
-
-
-def test_config_instantiates_with_the_class_defaults():
-    cfg = OmegaConf.load(CONF)
-    gn = instantiate(cfg)
-    assert isinstance(gn, GradNorm)
-    defaults = {k: p.default for k, p in inspect.signature(GradNorm).parameters.items()}
-    assert OmegaConf.to_container(cfg) == {"_target_": "okd.weighting.gradnorm.GradNorm", **defaults}
-    assert (gn.alpha, gn.lr) == (1.5, 0.025)

@@ -12,11 +12,7 @@ from okd.weighting.gradtools import random_orders
 from okd.weighting.gradvac import GradVac, vaccine_coefficients
 from okd.weighting.pcgrad import PCGrad
 from okd.weighting.solvers import gram
-from toys import TanhToy, bound_method, check_descent, check_extra_loss, check_round_trip, step
-
-
-def t64(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64)
+from toys import TanhToy, bound_method, step, t64
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -137,11 +133,3 @@ def test_backward_writes_combine_and_raw_heads():
     torch.testing.assert_close(toy.head_grad(), ref["heads"].sum(0), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(vac.phi_hat, twin.phi_hat)
     assert "phi_hat" in vac.state_dict()
-
-
-@pytest.mark.parametrize("group_type", ["whole", "tensor"])
-def test_descent_extra_loss_and_state(group_type):
-    make = lambda: GradVac(beta=0.5, group_type=group_type, seed=1)  # noqa: E731
-    check_descent(make, lr=0.1)
-    check_extra_loss(make)
-    check_round_trip(make)

@@ -8,11 +8,7 @@ import torch
 
 from okd.weighting.imtl import IMTL, imtl_g_weights
 from okd.weighting.solvers import gram
-from toys import TanhToy, bound_method, check_descent, check_extra_loss, check_round_trip, step
-
-
-def t64(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64)
+from toys import TanhToy, bound_method, step, t64
 
 
 @pytest.mark.parametrize("rows, a, proj", [
@@ -126,12 +122,3 @@ def test_representation_level_backward(mode):
     losses, _ = toy.forward()
     with pytest.raises(ValueError, match="representation"):
         imtl.backward(losses)
-
-
-@pytest.mark.parametrize("kwargs", [{"mode": "g"}, {"mode": "l"}, {"mode": "hybrid"},
-                                    {"mode": "hybrid", "level": "representation"}])
-def test_descent_extra_loss_and_state(kwargs):
-    make = lambda: IMTL(**kwargs)  # noqa: E731
-    check_descent(make, lr=0.1)
-    check_extra_loss(make)
-    check_round_trip(make)

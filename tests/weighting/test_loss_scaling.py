@@ -9,16 +9,11 @@ plus the variants that take other code paths (representation level, weighted hea
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import Tensor
 
-from okd.weighting.alignedmtl import AlignedMTL
 from okd.weighting.base import (
     Weighting,
     all_finite,
@@ -28,49 +23,10 @@ from okd.weighting.base import (
     scaled,
     unscaled,
 )
-from okd.weighting.cagrad import CAGrad
-from okd.weighting.dbmtl import DBMTL
-from okd.weighting.graddrop import GradDrop
-from okd.weighting.gradvac import GradVac
-from okd.weighting.imtl import IMTL
-from okd.weighting.mgda import MGDA
-from okd.weighting.nashmtl import NashMTL
-from okd.weighting.pcgrad import PCGrad
-from okd.weighting.uw import UW
-from toys import Toy
+from toys import METHODS, NAMES, OPTIONS, Toy
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "weighting"
-YAMLS = sorted(p.stem for p in CONF.glob("*.yaml"))
 #: a power of two, as GradScaler's scales are: scaling is then exact, so S x .grad matches tightly
 S = 1024.0
-
-
-def _from_yaml(name: str) -> Callable[[], Weighting]:
-    # ${seed} in some files resolves against a root key, as in the composed config.
-    cfg = OmegaConf.create({"seed": 0, "weighting": OmegaConf.load(CONF / f"{name}.yaml")})
-    return lambda: instantiate(cfg.weighting, _convert_="all")
-
-
-#: code paths the yaml defaults do not take
-VARIANTS: dict[str, Callable[[], Weighting]] = {
-    "mgda_libmtl_l2": lambda: MGDA(normalization="l2", apply="libmtl"),
-    "mgda_nashmtl_loss": lambda: MGDA(normalization="loss", apply="nashmtl"),
-    "mgda_ub_libmtl_batch_sum": lambda: MGDA(use_representation=True, apply="libmtl", rep_gram="batch_sum"),
-    "imtl_g": lambda: IMTL(mode="g"),
-    "imtl_l": lambda: IMTL(mode="l"),
-    "imtl_hybrid_representation": lambda: IMTL(level="representation"),
-    "imtl_g_representation": lambda: IMTL(mode="g", level="representation"),
-    "graddrop_parameters_leak": lambda: GradDrop(level="parameters", leak=0.2),
-    "nashmtl_every_2": lambda: NashMTL(update_weights_every=2),
-    "dbmtl_beta_sigma": lambda: DBMTL(beta_sigma=0.5),
-    "gradvac_tensor_groups": lambda: GradVac(group_type="tensor", beta=0.5),
-    "uw_halved": lambda: UW(form="halved"),
-    "pcgrad_mean": lambda: PCGrad(reduction="mean"),
-    "cagrad_libmtl": lambda: CAGrad(c=0.5, times_k=False),
-    "alignedmtl_median_mean": lambda: AlignedMTL(scale_mode="median", reduction="mean"),
-}
-METHODS = {**{name: _from_yaml(name) for name in YAMLS}, **VARIANTS}
-NAMES = sorted(METHODS)
 
 
 class _Amplify(torch.autograd.Function):
@@ -175,7 +131,7 @@ def test_helpers_scale_unscale_in_float32_and_mark_overflow():
 
 
 def test_every_yaml_is_covered():
-    assert len(YAMLS) >= 21 and set(YAMLS) <= set(METHODS)
+    assert len(OPTIONS) >= 21 and set(OPTIONS) <= set(METHODS)
 
 
 # -- (a) one backward: S x every gradient, same weights -------------------------------------------

@@ -6,18 +6,7 @@ import torch
 
 from okd.weighting.mgda import MGDA
 from okd.weighting.solvers import gram, min_norm_element
-from toys import (
-    TanhToy,
-    bound_method,
-    check_descent,
-    check_extra_loss,
-    check_round_trip,
-    step,
-)
-
-
-def t64(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64)
+from toys import TanhToy, bound_method, step, t64
 
 
 ONES = t64([1.0, 1.0])
@@ -147,12 +136,3 @@ def test_mgda_ub_needs_representation():
     losses, _ = toy.forward()
     with pytest.raises(ValueError, match="representation"):
         mgda.backward(losses)
-
-
-@pytest.mark.parametrize("kwargs", [{}, {"apply": "libmtl", "normalization": "l2"},
-                                    {"use_representation": True, "normalization": "loss+"}])
-def test_descent_extra_loss_and_state(kwargs):
-    make = lambda: MGDA(**kwargs)  # noqa: E731
-    check_descent(make, lr=0.3)
-    check_extra_loss(make)
-    check_round_trip(make)

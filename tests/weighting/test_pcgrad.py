@@ -7,19 +7,7 @@ import torch
 from okd.weighting.gradtools import random_orders
 from okd.weighting.pcgrad import PCGrad, pcgrad_coefficients
 from okd.weighting.solvers import gram
-from toys import (
-    TanhToy,
-    bound_method,
-    check_descent,
-    check_extra_loss,
-    check_round_trip,
-    copy_state,
-    step,
-)
-
-
-def t64(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64)
+from toys import TanhToy, bound_method, copy_state, step, t64
 
 
 def projected(rows, orders) -> torch.Tensor:
@@ -111,10 +99,3 @@ def test_backward_writes_combine_and_raw_heads():
     torch.testing.assert_close(returned, weights)
     torch.testing.assert_close(toy.shared_grad(), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(toy.head_grad(), ref["heads"].sum(0), rtol=1e-10, atol=1e-12)
-
-
-def test_descent_extra_loss_and_state():
-    make = lambda: PCGrad(seed=1)  # noqa: E731
-    check_descent(make, lr=0.1)
-    check_extra_loss(make)
-    check_round_trip(make)

@@ -7,23 +7,20 @@ import pytest
 import torch
 
 from okd.weighting.qp import min_quadratic_above, nonnegative_qp
-
-
-def t(*rows):
-    return torch.tensor(rows, dtype=torch.float64)
+from toys import rows64
 
 
 def test_one_dimensional_cases():
     # min_s>=0 s^2 - 4 s -> s = 2 ; min_s>=0 s^2 + 4 s -> s = 0.
-    torch.testing.assert_close(nonnegative_qp(t([2.0]), torch.tensor([-4.0])), t(2.0))
-    torch.testing.assert_close(nonnegative_qp(t([2.0]), torch.tensor([4.0])), t(0.0))
+    torch.testing.assert_close(nonnegative_qp(rows64([2.0]), torch.tensor([-4.0])), rows64(2.0))
+    torch.testing.assert_close(nonnegative_qp(rows64([2.0]), torch.tensor([4.0])), rows64(0.0))
 
 
 def test_hand_case_with_one_active_bound():
     # Q = I, c = (-1, 2): unconstrained optimum (1, -2) -> clipped coordinate-wise to (1, 0).
-    torch.testing.assert_close(nonnegative_qp(torch.eye(2), torch.tensor([-1.0, 2.0])), t(1.0, 0.0))
+    torch.testing.assert_close(nonnegative_qp(torch.eye(2), torch.tensor([-1.0, 2.0])), rows64(1.0, 0.0))
     # Coupled: Q = [[2, 1], [1, 2]], c = (-1, 1): s2 = 0 and s1 = 1/2 (gradient of s2: 1/2 + 1 > 0).
-    torch.testing.assert_close(nonnegative_qp(t([2.0, 1.0], [1.0, 2.0]), t(-1.0, 1.0)), t(0.5, 0.0))
+    torch.testing.assert_close(nonnegative_qp(rows64([2.0, 1.0], [1.0, 2.0]), rows64(-1.0, 1.0)), rows64(0.5, 0.0))
 
 
 def _brute_force(q, c):
@@ -64,9 +61,9 @@ def test_singular_matrix_is_allowed():
 
 def test_min_quadratic_above_projection_case():
     # docs/weighting.md#upgrad: M of g = (1,0), (-1,1); lower bound (1/2, 0) -> v = (1/2, 1/4).
-    m = t([1.0, -1.0], [-1.0, 2.0])
-    torch.testing.assert_close(min_quadratic_above(m, t(0.5, 0.0)), t(0.5, 0.25))
-    torch.testing.assert_close(min_quadratic_above(m, t(0.0, 0.5)), t(0.5, 0.5))
+    m = rows64([1.0, -1.0], [-1.0, 2.0])
+    torch.testing.assert_close(min_quadratic_above(m, rows64(0.5, 0.0)), rows64(0.5, 0.25))
+    torch.testing.assert_close(min_quadratic_above(m, rows64(0.0, 0.5)), rows64(0.5, 0.5))
 
 
 def test_shape_errors_name_the_problem():

@@ -13,10 +13,7 @@ from okd.weighting.solvers import (
     normalized_gram,
     project_to_simplex,
 )
-
-
-def t64(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64)
+from toys import t64
 
 
 def test_gram_is_float64_g_gt():

@@ -1,20 +1,14 @@
 """UW (okd/weighting/uw.py) against Kendall et al. 2018 (both forms), with hand-computed values."""
 from __future__ import annotations
 
-import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from okd.weighting.base import BoundModel
 from okd.weighting.uw import UW
-
-CONF = Path(__file__).resolve().parents[2] / "conf" / "weighting" / "uw.yaml"
 
 
 def _uw(num_tasks: int = 2, **kwargs) -> UW:
@@ -119,12 +113,3 @@ def test_checkpoint_round_trip():
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         UW(**kwargs)
-
-
-def test_config_instantiates_with_the_class_defaults():
-    cfg = OmegaConf.load(CONF)
-    uw = instantiate(cfg)
-    assert isinstance(uw, UW)
-    defaults = {k: p.default for k, p in inspect.signature(UW).parameters.items()}
-    assert OmegaConf.to_container(cfg) == {"_target_": "okd.weighting.uw.UW", **defaults}
-    assert uw.form == "kendall" and uw.init == 0.0
