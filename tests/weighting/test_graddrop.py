@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from okd.weighting.graddrop import GradDrop, keep_coefficients, sign_purity
-from toys import TanhToy, bound_method, step, t64
+from toys import TanhToy, bound_method, t64
 
 
 # docs/weighting.md#graddrop: B = 1, A = (1, -1), z1 = (3, 2), z2 = (-1, 2) -> S1 = (3, -2), S2 = (-1, -2), P = (0.75, 0).
@@ -103,27 +103,3 @@ def test_needs_representation():
     losses, _ = toy.forward()
     with pytest.raises(ValueError, match="representation"):
         drop.backward(losses)
-
-
-def test_backward_representation_level():
-    toy = TanhToy()
-    drop = bound_method(lambda: GradDrop(seed=5), toy)
-    twin = bound_method(lambda: GradDrop(seed=5), toy)
-    ref = toy.reference()
-    grad_z, weights = twin.combine_representation(ref["Z"], ref["z"])
-    returned = step(drop, toy)
-    torch.testing.assert_close(returned, weights)
-    torch.testing.assert_close(toy.shared_grad(), toy.encoder_vjp(grad_z), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(toy.head_grad(), ref["heads"].sum(0), rtol=1e-10, atol=1e-12)
-
-
-def test_backward_parameter_level():
-    toy = TanhToy()
-    drop = bound_method(lambda: GradDrop(level="parameters", seed=5), toy)
-    twin = bound_method(lambda: GradDrop(level="parameters", seed=5), toy)
-    ref = toy.reference()
-    expected, weights = twin.combine(ref["G"], ref["losses"])
-    returned = step(drop, toy)
-    torch.testing.assert_close(returned, weights)
-    torch.testing.assert_close(toy.shared_grad(), expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(toy.head_grad(), ref["heads"].sum(0), rtol=1e-10, atol=1e-12)

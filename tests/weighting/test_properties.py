@@ -1,6 +1,9 @@
 """Properties every weighting method has, checked on every option of conf/weighting/ and on the
 variants that take other code paths (``toys.METHODS``).
 
+* a gradient method's backward writes what its ``combine`` (``combine_representation`` at the
+  representation level) returns on independent per-task gradients, the heads' gradients weighted
+  by ``head_weights`` (raw when None), and keeps the same state (docs/weighting.md#the-interface);
 * training the float64 toy lowers all three losses;
 * the extra (distillation) loss adds its own gradient to the shared parameters and nothing to
   the heads (docs/weighting.md#the-interface);
@@ -14,20 +17,61 @@ docs/weighting.md and the gradients it writes on the toy.
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from toys import CONF, METHODS, NAMES, OPTIONS, assert_yaml_matches_defaults, check_descent, check_extra_loss, check_round_trip
+from okd.weighting.base import GradientWeighting
+from toys import (
+    CONF,
+    METHODS,
+    NAMES,
+    OPTIONS,
+    TanhToy,
+    assert_yaml_matches_defaults,
+    bound_method,
+    check_descent,
+    check_extra_loss,
+    check_round_trip,
+    step,
+)
 
 #: presets: another option's class with other values (``mgda_ub`` is ``mgda`` at the representation
 #: level, tests/weighting/test_levels.py; ``otw_v1`` is ``otw`` as first released)
 PRESETS = {o for o in OPTIONS if any(o.startswith(base + "_") for base in OPTIONS)}
 #: learning rates other than 0.1 for the descent check
 LR = {}
+#: gradient methods that use the base class's backward as it is (DB-MTL, IMTL and Nash-MTL add a
+#: rule of their own, tested in their files)
+PLAIN_GRADIENT = [n for n in NAMES if isinstance(m := METHODS[n](), GradientWeighting)
+                  and type(m).backward is GradientWeighting.backward]
 
 
 def test_every_option_is_a_method():
     assert len(OPTIONS) >= 21 and set(OPTIONS) <= set(METHODS)
+
+
+def test_there_are_plain_gradient_methods():
+    assert {"pcgrad", "gradvac", "graddrop", "cagrad", "mgda", "mgda_ub", "upgrad", "alignedmtl"} <= set(PLAIN_GRADIENT)
+
+
+@pytest.mark.parametrize("name", PLAIN_GRADIENT)
+def test_backward_writes_what_combine_returns(name):
+    toy = TanhToy()
+    method, twin = bound_method(METHODS[name], toy), bound_method(METHODS[name], toy)
+    ref = toy.reference()
+    if twin.level == "representation":
+        grad_z, weights = twin.combine_representation(ref["Z"], ref["z"], ref["losses"])
+        expected = toy.encoder_vjp(grad_z)
+    else:
+        expected, weights = twin.combine(ref["G"], ref["losses"])
+    head_weights = twin.head_weights(weights, ref["losses"])
+    if head_weights is None:
+        head_weights = torch.ones(3, dtype=torch.float64)
+    torch.testing.assert_close(step(method, toy), weights)
+    torch.testing.assert_close(toy.shared_grad(), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(toy.head_grad(), head_weights.to(ref["heads"]) @ ref["heads"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(method.state_dict(), twin.state_dict(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
