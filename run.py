@@ -35,8 +35,9 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # in a sweep, fail this job only: the launcher/sweeper records it and goes on
         raise SystemExit(2) from None
-    best = summary.get("best") or {} if isinstance(summary, dict) else {}
-    return best.get("value")  # what a Hydra sweeper (e.g. Optuna) optimises
+    from okd.results import sweeper_value
+
+    return sweeper_value(summary)  # best.value of summary.json: what a Hydra sweeper (e.g. Optuna) optimises
 
 
 def report_error(message: str) -> None:

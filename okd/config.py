@@ -126,10 +126,9 @@ def direction(monitor: str) -> str:
     'loss' and error metrics are minimised, mIoU / pixel accuracy / 'within' percentages maximised."""
     if monitor == "loss":
         return "minimize"
-    from okd.tasks import Depth, Normal, Segmentation
+    from okd.tasks import metric_directions
 
-    directions = {f"{cls.name}/{m}": hib for cls in (Segmentation, Depth, Normal)
-                  for m, hib in cls.higher_is_better.items()}
+    directions = metric_directions()
     if monitor not in directions:
         raise ValueError(f"trainer.monitor={monitor!r}: expected 'loss' or one of {sorted(directions)}")
     return "maximize" if directions[monitor] else "minimize"

@@ -309,9 +309,9 @@ def sweep_summary(root: Path, selection: str = "best") -> str:
         status, headline, delta = _job_status(job, runs.get(job)), "", ""
         run = runs.get(job)
         if run is not None:
-            best = run.summary.get("best") or {}
-            if best:
-                headline = f"{best['monitor']} {best['value']:.4g} ({best['split']}, epoch {best['epoch']})"
+            best = run.summary.best  # okd.results.Best
+            if best is not None:
+                headline = f"{best.monitor} {best.value:.4g} ({best.split}, epoch {best.epoch})"
             deltas, _ = report.run_deltas(run, selection, bases, forced=False)
             delta = f"Δm {deltas['delta_m']:+.2f}%" if deltas else ""
         counts[status.split(":")[0]] = counts.get(status.split(":")[0], 0) + 1

@@ -82,8 +82,10 @@ class RunRecorder:
         kept = [r for r in self.rows() if r.get("epoch", -1) <= epoch]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
-        atomic_write_text(self.summary_path, json.dumps(_jsonable(dict(summary)), indent=2) + "\n")
+    def write_summary(self, summary: Any) -> None:
+        """``summary.json``, atomically: an ``okd.results.RunSummary`` (every key documented there) or its dict."""
+        data = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
+        atomic_write_text(self.summary_path, json.dumps(_jsonable(data), indent=2) + "\n")
 
 
 class MemoryRecorder(RunRecorder):

@@ -14,7 +14,10 @@ example and the order of the bases: docs/metrics.md#delta_m-and-delta_p.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Mapping
+
+from okd.results import Base, MissingSummary, SummaryError, read_summary
 
 DEFINITION = {
     "delta_m": "100 * mean_m s_m (M_m - B_m) / B_m over all metrics; positive = better than the base",
@@ -67,29 +70,27 @@ def deltas(values: Mapping[str, float], base: Mapping[str, float],
 # ---------------------------------------------------------------------------------------------
 def stl_values_from_runs(run_dirs, selection: str = "best") -> dict[str, float]:
     """Merge the report-split metrics of single-task runs (one per task) into one base."""
-    import json
-    from pathlib import Path
-
     values: dict[str, float] = {}
     for run_dir in run_dirs:
-        path = Path(run_dir) / "summary.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"delta.stl_runs: no summary.json in {run_dir}")
-        summary = json.loads(path.read_text())
-        if len(summary.get("tasks", [])) != 1:
-            raise ValueError(f"delta.stl_runs: {run_dir} trained tasks {summary.get('tasks')}; "
+        try:
+            summary = read_summary(run_dir)
+        except MissingSummary:
+            raise FileNotFoundError(f"delta.stl_runs: no summary.json in {run_dir}") from None
+        except SummaryError as err:
+            raise ValueError(f"delta.stl_runs: {err}") from None
+        if not summary.single_task:
+            raise ValueError(f"delta.stl_runs: {run_dir} trained tasks {summary.tasks}; "
                              f"a single-task run is expected")
-        metrics = summary["selection"][selection]["metrics"]
-        task = summary["tasks"][0]
-        values.update({k: v for k, v in metrics.items() if k.startswith(task + "/")})
+        if selection not in summary.selection:
+            raise ValueError(f"delta.stl_runs: {run_dir} has no '{selection}' model selection "
+                             f"(selections: {sorted(summary.selection)})")
+        task = summary.tasks[0]
+        values.update({k: v for k, v in summary.metrics(selection).items() if k.startswith(task + "/")})
     return values
 
 
 def sweep_stl_values(run_dir, dataset: str, backbone: str | None, tasks, selection: str = "best") -> tuple[dict, list]:
     """Single-task runs already finished in the same multirun (siblings of ``run_dir``)."""
-    import json
-    from pathlib import Path
-
     values, used = {}, []
     parent = Path(run_dir).resolve().parent
     if not (parent / "multirun.yaml").is_file():
@@ -97,31 +98,30 @@ def sweep_stl_values(run_dir, dataset: str, backbone: str | None, tasks, selecti
     for path in sorted(parent.glob("*/summary.json")):
         if path.parent == Path(run_dir).resolve():
             continue
-        summary = json.loads(path.read_text())
-        run_tasks = summary.get("tasks", [])
-        if (len(run_tasks) == 1 and run_tasks[0] in tasks and summary.get("dataset") == dataset
-                and summary.get("choices", {}).get("backbone") == backbone and "selection" in summary):
-            metrics = summary["selection"][selection]["metrics"]
-            values.update({k: v for k, v in metrics.items() if k.startswith(run_tasks[0] + "/")})
+        try:
+            summary = read_summary(path)
+        except SummaryError:
+            continue  # not a finished okd run (e.g. a folder of another tool): not a base
+        if (summary.single_task and summary.tasks[0] in tasks and summary.dataset == dataset
+                and summary.backbone == backbone and selection in summary.selection):
+            task = summary.tasks[0]
+            values.update({k: v for k, v in summary.metrics(selection).items() if k.startswith(task + "/")})
             used.append(str(path.parent))
     return values, used
 
 
 def resolve_base(*, run_dir, tasks, dataset: str, backbone: str | None, teacher_values: Mapping[str, float],
-                 stl_runs, reference: Mapping[str, float] | None, selection: str = "best") -> dict | None:
+                 stl_runs, reference: Mapping[str, float] | None, selection: str = "best") -> Base | None:
     """The base of delta_m/delta_p, by priority: this run's teachers (OKD), single-task runs given by
     path, single-task runs finished in the same sweep, published reference numbers from config.
     ``kind`` (teachers | stl_runs | sweep | reference) says which, for programs; ``source`` for people."""
     if teacher_values:
-        return {"kind": "teachers", "source": "teachers of this run (single-task networks trained alongside)",
-                "values": dict(teacher_values)}
+        return Base("teachers", "teachers of this run (single-task networks trained alongside)", dict(teacher_values))
     if stl_runs:
-        return {"kind": "stl_runs", "source": f"single-task runs {list(map(str, stl_runs))}",
-                "values": stl_values_from_runs(stl_runs, selection)}
+        return Base("stl_runs", f"single-task runs {list(map(str, stl_runs))}", stl_values_from_runs(stl_runs, selection))
     values, used = sweep_stl_values(run_dir, dataset, backbone, tasks, selection)
     if values:
-        return {"kind": "sweep", "source": f"single-task runs of the same sweep {used}", "values": values}
+        return Base("sweep", f"single-task runs of the same sweep {used}", values)
     if reference:
-        return {"kind": "reference", "source": "reference numbers from config (delta.reference)",
-                "values": dict(reference)}
+        return Base("reference", "reference numbers from config (delta.reference)", dict(reference))
     return None

@@ -51,13 +51,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from okd import metrics as mtl
-from okd.tasks import Depth, Normal, Segmentation
+from okd.results import SELECTIONS, RunSummary, SummaryError, read_summary
+from okd.tasks import TASK_TYPES, metric_directions
 
-SELECTIONS = ("best", "last", "last_n_mean")
-#: "<task>/<metric>" -> higher is better, in the display order of the tables.
-DIRECTIONS = {f"{cls.name}/{m}": hib for cls in (Segmentation, Depth, Normal)
-              for m, hib in cls.higher_is_better.items()}
-TASK_ORDER = ("segmentation", "depth", "normal")
+#: "<task>/<metric>" -> higher is better (okd.tasks), in the display order of the tables.
+DIRECTIONS = metric_directions()
+TASK_ORDER = tuple(t.name for t in TASK_TYPES)
 #: command-line overrides that do not change what a run computes (or are grouped on separately).
 IGNORED_OVERRIDES = ("seed", "name", "sweep", "logger", "trainer.resume", "trainer.progress", "trainer.device",
                      "trainer.num_workers", "trainer.pin_memory", "trainer.persistent_workers",
@@ -87,28 +86,29 @@ PNG_DPI = 300
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class RunRecord:
-    """What the report needs from one finished run directory."""
+    """What the report needs from one finished run directory: its summary (okd.results) and the
+    numbers of the reported model selection."""
 
     path: Path
-    summary: dict
+    summary: RunSummary
     metrics: dict[str, float]
     extras: tuple[str, ...] = ()
 
     @property
     def seed(self) -> Any:
-        return self.summary.get("seed")
+        return self.summary.seed
 
     @property
     def dataset(self) -> str:
-        return str(self.summary.get("dataset"))
+        return str(self.summary.dataset)
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return tuple(self.summary.get("tasks", ()))
+        return tuple(self.summary.tasks)
 
     @property
     def choices(self) -> dict:
-        return self.summary.get("choices") or {}
+        return self.summary.choices
 
     @property
     def backbone(self) -> str | None:
@@ -121,14 +121,14 @@ class RunRecord:
     @property
     def select_split(self) -> str | None:
         """The split the best epoch is chosen on (the report split where a dataset has no other)."""
-        best = (self.summary.get("selection") or {}).get("best") or {}
-        return self.summary.get("select_split") or best.get("chosen_on") or (self.summary.get("best") or {}).get(
-            "split")
+        best = self.summary.selection.get("best")
+        return (self.summary.select_split or (best.chosen_on if best else None)
+                or (self.summary.best.split if self.summary.best else None))
 
     @property
     def depth_unit(self) -> str | None:
         """Unit symbol of depth values (``m``, ``disparity``) or None when unknown."""
-        unit = self.summary.get("depth_unit") or DATASET_DEPTH_UNITS.get(self.dataset)
+        unit = self.summary.depth_unit or DATASET_DEPTH_UNITS.get(self.dataset)
         return DEPTH_UNITS.get(str(unit), str(unit)) if unit else None
 
     def method_key(self) -> tuple:
@@ -163,15 +163,13 @@ def find_runs(dirs: Iterable[str | Path], selection: str) -> tuple[list[RunRecor
 def load_run(run_dir: Path, selection: str) -> tuple[RunRecord | None, str]:
     """One run dir as a :class:`RunRecord`, or ``None`` and the reason it cannot be used."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        return None, f"summary.json unreadable ({err})"
-    if not isinstance(summary, dict) or "tasks" not in summary or "selection" not in summary:
-        return None, "summary.json is not an okd run summary (no tasks/selection)"
-    chosen = (summary.get("selection") or {}).get(selection)
+        summary = read_summary(run_dir)
+    except SummaryError as err:
+        return None, err.reason
+    chosen = summary.selection.get(selection)
     if not chosen:
-        return None, f"no '{selection}' model selection recorded (selections: {sorted(summary['selection'])})"
-    values = {k: float(v) for k, v in chosen["metrics"].items() if isinstance(v, (int, float))}
+        return None, f"no '{selection}' model selection recorded (selections: {sorted(summary.selection)})"
+    values = {k: float(v) for k, v in chosen.metrics.items() if isinstance(v, (int, float))}
     return RunRecord(run_dir, summary, values, _extra_overrides(run_dir)), ""
 
 
@@ -200,11 +198,13 @@ def _extra_overrides(run_dir: Path) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Base:
-    """Single-task numbers for one (dataset, backbone): per-task means over the runs found."""
+    """Single-task numbers for one (dataset, backbone): per-task means over the runs found.
+    ``kind`` as in ``okd.results.Base`` (always ``stl_runs`` here); ``source`` for people."""
 
     values: dict[str, float]
     source: str
     tasks: set[str] = field(default_factory=set)
+    kind: str = "stl_runs"
 
 
 def stl_bases(runs: Sequence[RunRecord], origin: str) -> dict[tuple, Base]:
@@ -232,10 +232,9 @@ def run_deltas(run: RunRecord, selection: str, bases: Mapping[tuple, Base],
     """(delta_m, delta_p) of a multi-task run and the name of its base, or (None, reason)."""
     if run.single_task:
         return None, None
-    stored = run.summary.get("delta") or {}
-    if not forced and stored.get("base") and isinstance(stored.get(selection), Mapping) \
-            and "delta_m" in stored[selection]:
-        return {k: float(stored[selection][k]) for k in ("delta_m", "delta_p")}, stored["base"]["source"]
+    stored = run.summary.delta.get(selection) if run.summary.delta is not None else None
+    if not forced and stored is not None:
+        return {"delta_m": float(stored.delta_m), "delta_p": float(stored.delta_p)}, run.summary.delta.base.source
     base = bases.get((run.dataset, run.backbone))
     if base is None:
         return None, (f"no base: --base-runs has no single-task run of {run.dataset} with {run.backbone}" if forced
@@ -287,12 +286,12 @@ class MethodRow:
         return mean_std(vals) if vals else None
 
     def epoch_time(self) -> tuple[float, float | None] | None:
-        vals = [float(r.summary["epoch_time_s_mean"]) for r in self.runs
-                if isinstance(r.summary.get("epoch_time_s_mean"), (int, float))]
+        vals = [float(r.summary.epoch_time_s_mean) for r in self.runs
+                if isinstance(r.summary.epoch_time_s_mean, (int, float))]
         return mean_std(vals) if vals else None
 
     def parameters(self) -> int | None:
-        vals = [int(r.summary["num_parameters"]) for r in self.runs if r.summary.get("num_parameters")]
+        vals = [int(r.summary.num_parameters) for r in self.runs if r.summary.num_parameters]
         return round(sum(vals) / len(vals)) if vals else None
 
 
@@ -451,10 +450,10 @@ def build_report(dirs: Sequence[str | Path], out: str | Path, selection: str = "
         for seed in {s for s in row.seeds() if row.seeds().count(s) > 1}:
             notes.append(f"{row.name}: seed {seed} appears {row.seeds().count(seed)} times (runs counted separately)")
     base_sources = list(dict.fromkeys(b for row in rows for b in row.bases))
-    chosen = [r.summary["selection"][selection] for r in runs]
-    split = ", ".join(dict.fromkeys(str(c.get("split")) for c in chosen))
-    chosen_on = ", ".join(dict.fromkeys(str(c["chosen_on"]) for c in chosen if c.get("chosen_on"))) or None
-    monitors = list(dict.fromkeys(str(c["monitor"]) for c in chosen if c.get("monitor")))
+    chosen = [r.summary.selection[selection] for r in runs]
+    split = ", ".join(dict.fromkeys(str(c.split) for c in chosen))
+    chosen_on = ", ".join(dict.fromkeys(str(c.chosen_on) for c in chosen if c.chosen_on)) or None
+    monitors = list(dict.fromkeys(str(c.monitor) for c in chosen if c.monitor))
     report = Report(rows, metric_columns(runs), selection, split, chosen_on,
                     base_sources, notes + [n for row in rows for n in row.notes],
                     shared=short_labels(rows), no_delta=no_delta, monitor=", ".join(monitors) or None)
@@ -482,12 +481,12 @@ def _last_n(rows: Sequence[MethodRow]) -> tuple[int | None, list[str]]:
     ns = set()
     for row in rows:
         for run in row.runs:
-            sel = run.summary["selection"]["last_n_mean"]
-            n = sel.get("last_n") or _config_value(run.path, ("delta", "last_n"))
+            sel = run.summary.selection["last_n_mean"]
+            n = sel.last_n or _config_value(run.path, ("delta", "last_n"))
             if n is None:
                 continue
             ns.add(int(n))
-            averaged = len(sel.get("epochs") or [])
+            averaged = len(sel.epochs or [])
             if averaged < int(n):
                 counts.setdefault(row.name, []).append(averaged)
     n = ns.pop() if len(ns) == 1 else None

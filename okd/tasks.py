@@ -253,12 +253,18 @@ def _fmt(threshold: float) -> str:
     return f"{threshold:g}"
 
 
-def metric_directions(tasks: Sequence[Task]) -> dict[str, bool]:
-    """``"<task>/<metric>" -> higher_is_better`` for every metric of the given tasks."""
+#: every task type, in the order of ``TASK_NAMES`` (reports list metrics in this order).
+TASK_TYPES: tuple[type[Task], ...] = (Segmentation, Depth, Normal)
+
+
+def metric_directions(tasks: Sequence[Task | type[Task]] = TASK_TYPES) -> dict[str, bool]:
+    """``"<task>/<metric>" -> higher_is_better`` for every metric of the given tasks (task objects or
+    types; by default every task okd knows). The one definition of which way each metric is better:
+    the trainer's best epoch, the tracker's summaries, Δm/Δp, the report and the sweep directions use it."""
     return {f"{t.name}/{m}": hib for t in tasks for m, hib in t.higher_is_better.items()}
 
 
 __all__ = [
     "TASK_NAMES", "IGNORE_INDEX", "Task", "Segmentation", "Depth", "Normal", "build_tasks",
-    "TaskMetric", "SegmentationMetric", "DepthMetric", "NormalMetric", "metric_directions", "valid_mask",
+    "TaskMetric", "SegmentationMetric", "DepthMetric", "NormalMetric", "metric_directions", "valid_mask", "TASK_TYPES",
 ]

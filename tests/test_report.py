@@ -14,6 +14,7 @@ from PIL import Image
 
 from okd.app import run
 from okd.metrics import deltas
+from okd.results import RunSummary
 from okd.report import (DIRECTIONS, RunRecord, _extra_overrides, build_report, figure_curves, figure_deltas, fmt,
                         group_methods, main, method_name)
 from okd.config import compose as compose_cfg
@@ -161,8 +162,8 @@ def test_command_line_overrides_name_methods_but_seed_and_logging_do_not(tmp_pat
         "- +trainer.epochs=3\n- delta.last_n=2\n- dataset.tasks=[segmentation,depth]\n")
     extras = _extra_overrides(tmp_path)
     assert extras == ("trainer.epochs=3", "weighting.temperature=1.0")
-    record = RunRecord(tmp_path, {"seed": 1, "dataset": "synthetic", "tasks": ["segmentation", "depth"],
-                                  "choices": {"backbone": "segnet", "weighting": "dwa", "kd": "none"}}, {}, extras)
+    record = RunRecord(tmp_path, RunSummary(seed=1, dataset="synthetic", tasks=["segmentation", "depth"], selection={},
+                                            choices={"backbone": "segnet", "weighting": "dwa", "kd": "none"}), {}, extras)
     assert method_name(record, False, False) == "segnet / dwa / kd-none (trainer.epochs=3, weighting.temperature=1.0)"
     assert method_name(record, True, True) == ("synthetic / segnet / dwa / kd-none / segmentation+depth "
                                                "(trainer.epochs=3, weighting.temperature=1.0)")
@@ -171,9 +172,9 @@ def test_command_line_overrides_name_methods_but_seed_and_logging_do_not(tmp_pat
 
 def test_single_task_runs_of_two_weightings_get_distinct_rows():
     def record(weighting, seed):
-        return RunRecord(Path(f"/runs/{weighting}{seed}"), {
-            "seed": seed, "dataset": "synthetic", "tasks": ["depth"],
-            "choices": {"backbone": "segnet", "weighting": weighting, "kd": "none"}}, {"depth/abs_err": 1.0})
+        return RunRecord(Path(f"/runs/{weighting}{seed}"), RunSummary(
+            seed=seed, dataset="synthetic", tasks=["depth"], selection={},
+            choices={"backbone": "segnet", "weighting": weighting, "kd": "none"}), {"depth/abs_err": 1.0})
     rows = group_methods([record("ew", 0), record("uw", 0), record("ew", 1)])
     assert sorted((r.name, len(r.runs)) for r in rows) == [
         ("segnet / STL depth [weighting=ew]", 2), ("segnet / STL depth [weighting=uw]", 1)]
@@ -398,6 +399,28 @@ def test_header_says_the_real_reason_for_no_delta_once(tmp_path):
     md = (tmp_path / "out_none" / "report.md").read_text()
     assert md.count("no single-task runs were found") == 1 and "Base: none found (no Δ)" in md
     assert "## Notes" not in md
+
+
+def test_summaries_written_by_earlier_versions_are_read(tmp_path):
+    """A run whose summary.json predates okd/results.py (no schema, a recorded base without a kind):
+    the report reads it and takes the Δ it recorded; a newer summary of the same method is read the same."""
+    old = fake_run(tmp_path / "runs/old")
+    summary = json.loads((old / "summary.json").read_text())
+    assert "schema" not in summary
+    summary["delta"] = {"definition": {}, "base": {"source": "reference numbers from config (delta.reference)",
+                                                   "values": {"depth/abs_err": 1.0}},
+                        "headline": "best", "best": {"delta_m": 1.5, "delta_p": 2.5}}
+    (old / "summary.json").write_text(json.dumps(summary))
+    new = fake_run(tmp_path / "runs/new", seed=1)
+    summary = RunSummary.from_dict({**summary, "seed": 1}).to_dict()
+    assert summary["schema"] == 0
+    summary["schema"] = 1
+    summary["delta"]["base"]["kind"] = "reference"
+    (new / "summary.json").write_text(json.dumps(summary))
+    report = build_report([tmp_path / "runs"], tmp_path / "out")
+    (row,) = report.rows
+    assert row.deltas == [{"delta_m": 1.5, "delta_p": 2.5}] * 2
+    assert row.bases == ["reference numbers from config (delta.reference)"] * 2
 
 
 def test_last_n_mean_on_runs_shorter_than_n_says_so(tmp_path):

@@ -177,6 +177,7 @@ class Trainer:
                                    epoch_times=epoch_times)
             self.recorder.write_summary(result)
             ctx.logger.summary(summary.flat(result))
+            result = result.to_dict()  # fit returns summary.json's dict (okd.results.RunSummary.to_dict)
             if self.is_main:
                 ctx.logger.log_checkpoints(self.checkpoint_dir)
             exit_code = 0

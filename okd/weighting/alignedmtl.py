@@ -6,6 +6,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require_choice
 from okd.weighting.base import GradientWeighting, finite_or_zero
 from okd.weighting.gradtools import weighted_sum
 from okd.weighting.solvers import gram
@@ -28,10 +29,8 @@ class AlignedMTL(GradientWeighting):
 
     def __init__(self, scale_mode: str = "min", reduction: str = "sum", level: str = "parameters") -> None:
         super().__init__(level)
-        if scale_mode not in SCALE_MODES:
-            raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        require_choice("AlignedMTL", "scale_mode", scale_mode, SCALE_MODES)
+        require_choice("AlignedMTL", "reduction", reduction, REDUCTIONS)
         self.scale_mode = scale_mode
         self.reduction = reduction
 

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from okd.weighting.arguments import require_choice
 from okd.weighting.gradtools import (
     accumulate_heads,
     backward_through_representation,
@@ -200,8 +201,7 @@ class GradientWeighting(Weighting):
 
     def __init__(self, level: str = "parameters") -> None:
         super().__init__()
-        if level not in self.levels:
-            raise ValueError(f"{type(self).__name__}: level must be one of {self.levels}, got {level!r}")
+        require_choice(type(self).__name__, "level", level, self.levels)
         self.level = level
         self.needs_representation = level == "representation"
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require, require_choice
 from okd.weighting.base import GradientWeighting, finite_or_zero
 from okd.weighting.gradtools import weighted_sum
 from okd.weighting.solvers import gram, minimize_on_simplex, normalized_gram
@@ -78,12 +79,10 @@ class CAGrad(GradientWeighting):
 
     def __init__(self, c: float = 0.4, rescale: int = 1, times_k: bool = True, eps: float = 1e-4) -> None:
         super().__init__()
-        if not (isinstance(c, (int, float)) and c >= 0 and np.isfinite(c)):
-            raise ValueError(f"CAGrad: c must be a finite number >= 0, got {c!r}")
-        if rescale not in RESCALES:
-            raise ValueError(f"CAGrad: rescale must be one of {RESCALES}, got {rescale!r}")
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"CAGrad: eps must be a number > 0, got {eps!r}")
+        require(isinstance(c, (int, float)) and c >= 0 and np.isfinite(c),
+                "CAGrad", "c", "a finite number >= 0", c)
+        require_choice("CAGrad", "rescale", rescale, RESCALES)
+        require(isinstance(eps, (int, float)) and eps > 0, "CAGrad", "eps", "a number > 0", eps)
         self.c = float(c)
         self.rescale = rescale
         self.times_k = bool(times_k)

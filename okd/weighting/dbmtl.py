@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require
 from okd.weighting.base import GradientWeighting, all_finite, keep_if_finite
 
 
@@ -20,12 +21,9 @@ class DBMTL(GradientWeighting):
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> None:
         super().__init__()
-        if not 0 <= beta < 1:
-            raise ValueError(f"beta must be in [0, 1), got {beta}")
-        if beta_sigma < 0:
-            raise ValueError(f"beta_sigma must be >= 0, got {beta_sigma}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+        require(0 <= beta < 1, "DBMTL", "beta", "in [0, 1)", beta)
+        require(beta_sigma >= 0, "DBMTL", "beta_sigma", ">= 0", beta_sigma)
+        require(eps > 0, "DBMTL", "eps", "> 0", eps)
         self.beta = beta
         self.beta_sigma = beta_sigma
         self.eps = eps

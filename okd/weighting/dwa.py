@@ -4,11 +4,10 @@ Liu, Johns, Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019,
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import is_number, require
 from okd.weighting.base import LossWeighting
 
 
@@ -26,8 +25,8 @@ class DWA(LossWeighting):
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
-        if not (_is_number(temperature) and temperature > 0):
-            raise ValueError(f"DWA: temperature must be a finite number > 0, got {temperature!r}")
+        require(is_number(temperature) and temperature > 0,
+                "DWA", "temperature", "a finite number > 0", temperature)
         self.temperature = float(temperature)
 
     def setup(self, num_tasks: int) -> None:
@@ -60,8 +59,3 @@ class DWA(LossWeighting):
         """lambda = K softmax(w / T) with w = Lbar(e-1) / Lbar(e-2) (Eq. 7)."""
         w = last / before_last
         return self.num_tasks * torch.softmax(w / self.temperature, dim=0)
-
-
-def _is_number(value: object) -> bool:
-    """A finite int or float; bool is excluded (True is not a hyper-parameter value)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -6,6 +6,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require
 from okd.weighting.base import LossWeighting
 
 
@@ -30,16 +31,12 @@ class FAMO(LossWeighting):
         adam_eps: float = 1e-8,
     ) -> None:
         super().__init__()
-        if w_lr <= 0:
-            raise ValueError(f"w_lr must be > 0, got {w_lr}")
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        if adam_eps <= 0:
-            raise ValueError(f"adam_eps must be > 0, got {adam_eps}")
+        require(w_lr > 0, "FAMO", "w_lr", "> 0", w_lr)
+        require(gamma >= 0, "FAMO", "gamma", ">= 0", gamma)
+        require(eps > 0, "FAMO", "eps", "> 0", eps)
+        require(len(betas) == 2 and all(0 <= b < 1 for b in betas),
+                "FAMO", "betas", "two numbers in [0, 1)", betas)
+        require(adam_eps > 0, "FAMO", "adam_eps", "> 0", adam_eps)
         self.w_lr = w_lr
         self.gamma = gamma
         self.eps = eps

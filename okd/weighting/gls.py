@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require
 from okd.weighting.base import LossWeighting
 
 
@@ -18,8 +19,7 @@ class GLS(LossWeighting):
 
     def __init__(self, eps: float = 1e-8) -> None:
         super().__init__()
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+        require(eps > 0, "GLS", "eps", "> 0", eps)
         self.eps = eps
 
     def weights(self, losses: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require
 from okd.weighting.base import GradientWeighting
 from okd.weighting.gradtools import OwnedGenerator
 
@@ -48,11 +49,10 @@ class GradDrop(GradientWeighting):
 
     def __init__(self, leak: float = 0.0, level: str = "representation", seed: int = 0,
                  eps: float = 1e-7) -> None:
-        if not (isinstance(leak, (int, float)) and 0.0 <= leak <= 1.0):
-            raise ValueError(f"GradDrop: leak must be a number in [0, 1], got {leak!r}")
+        require(isinstance(leak, (int, float)) and 0.0 <= leak <= 1.0,
+                "GradDrop", "leak", "a number in [0, 1]", leak)
         super().__init__(level)
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"GradDrop: eps must be a number > 0, got {eps!r}")
+        require(isinstance(eps, (int, float)) and eps > 0, "GradDrop", "eps", "a number > 0", eps)
         self.leak = float(leak)
         self.eps = float(eps)
         self.generator = OwnedGenerator(seed, "GradDrop")

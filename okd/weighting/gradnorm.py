@@ -5,11 +5,10 @@ Balancing in Deep Multitask Networks", ICML 2018, Eqs. (1)-(2) and Algorithm 1.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from okd.weighting.arguments import is_number, require
 from okd.weighting.base import BoundModel, LossWeighting, scaled, unscaled
 
 # Keeps r finite if a loss is exactly 0 (a NaN in w would poison the network's objective).
@@ -32,10 +31,9 @@ class GradNorm(LossWeighting):
 
     def __init__(self, alpha: float = 1.5, lr: float | None = 0.025) -> None:
         super().__init__()
-        if not (_is_number(alpha) and alpha >= 0):
-            raise ValueError(f"GradNorm: alpha must be a finite number >= 0, got {alpha!r}")
-        if lr is not None and not (_is_number(lr) and lr > 0):
-            raise ValueError(f"GradNorm: lr must be a finite number > 0 or None, got {lr!r}")
+        require(is_number(alpha) and alpha >= 0, "GradNorm", "alpha", "a finite number >= 0", alpha)
+        require(lr is None or (is_number(lr) and lr > 0),
+                "GradNorm", "lr", "a finite number > 0 or None", lr)
         self.alpha = float(alpha)
         self.lr = None if lr is None else float(lr)
         self._has_initial = False
@@ -111,8 +109,3 @@ class GradNorm(LossWeighting):
 
     def load_extra_state(self, state: dict) -> None:
         self._has_initial = bool(state.get("has_initial", False))
-
-
-def _is_number(value: object) -> bool:
-    """A finite int or float; bool is excluded (True is not a hyper-parameter value)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

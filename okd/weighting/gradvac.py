@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require, require_choice
 from okd.weighting.base import GradientWeighting, all_finite, keep_if_finite
 from okd.weighting.gradtools import OwnedGenerator, random_orders, weighted_sum
 from okd.weighting.solvers import gram
@@ -80,12 +81,10 @@ class GradVac(GradientWeighting):
     def __init__(self, beta: float = 1e-2, group_type: str = "whole", seed: int = 0,
                  eps: float = 1e-8) -> None:
         super().__init__()
-        if not (isinstance(beta, (int, float)) and 0.0 < beta <= 1.0):
-            raise ValueError(f"GradVac: beta must be a number in (0, 1], got {beta!r}")
-        if group_type not in GROUP_TYPES:
-            raise ValueError(f"GradVac: group_type must be one of {GROUP_TYPES}, got {group_type!r}")
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"GradVac: eps must be a number > 0, got {eps!r}")
+        require(isinstance(beta, (int, float)) and 0.0 < beta <= 1.0,
+                "GradVac", "beta", "a number in (0, 1]", beta)
+        require_choice("GradVac", "group_type", group_type, GROUP_TYPES)
+        require(isinstance(eps, (int, float)) and eps > 0, "GradVac", "eps", "a number > 0", eps)
         self.beta = float(beta)
         self.group_type = group_type
         self.eps = float(eps)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from okd.weighting.arguments import require_choice
 from okd.weighting.base import GradientWeighting, finite_or_zero, scaled
 from okd.weighting.gradtools import accumulate_grads, weighted_sum
 from okd.weighting.solvers import gram
@@ -47,8 +48,7 @@ class IMTL(GradientWeighting):
     levels = ("parameters", "representation")
 
     def __init__(self, mode: str = "hybrid", level: str = "parameters") -> None:
-        if mode not in MODES:
-            raise ValueError(f"IMTL: mode must be one of {MODES}, got {mode!r}")
+        require_choice("IMTL", "mode", mode, MODES)
         super().__init__(level)
         self.mode = mode
         self.needs_representation = mode != "l" and level == "representation"

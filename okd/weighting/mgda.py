@@ -9,6 +9,7 @@ import warnings
 
 from torch import Tensor
 
+from okd.weighting.arguments import require, require_choice
 from okd.weighting.base import GradientWeighting, finite_or_zero
 from okd.weighting.gradtools import weighted_sum
 from okd.weighting.solvers import gram, min_norm_element
@@ -45,15 +46,15 @@ class MGDA(GradientWeighting):
         eps: float = 1e-8,
         use_representation: bool | None = None,
     ) -> None:
-        _choice("normalization", normalization, NORMALIZATIONS)
-        _choice("apply", apply, APPLY)
-        _choice("rep_gram", rep_gram, REP_GRAMS)
-        _choice("solver", solver, ("pgd", "frank_wolfe"))
-        if not (isinstance(max_iter, int) and max_iter >= 1):
-            raise ValueError(f"MGDA: max_iter must be an int >= 1, got {max_iter!r}")
+        require_choice("MGDA", "normalization", normalization, NORMALIZATIONS)
+        require_choice("MGDA", "apply", apply, APPLY)
+        require_choice("MGDA", "rep_gram", rep_gram, REP_GRAMS)
+        require_choice("MGDA", "solver", solver, ("pgd", "frank_wolfe"))
+        require(isinstance(max_iter, int) and max_iter >= 1,
+                "MGDA", "max_iter", "an int >= 1", max_iter)
         for name, value in (("tol", tol), ("eps", eps)):
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"MGDA: {name} must be a number > 0, got {value!r}")
+            require(isinstance(value, (int, float)) and value > 0,
+                    "MGDA", name, "a number > 0", value)
         super().__init__(_level_from_use_representation(level, use_representation))
         self.normalization = normalization
         self.apply = apply
@@ -130,8 +131,3 @@ def _level_from_use_representation(level: str, use_representation: bool | None) 
     warnings.warn(f"MGDA: use_representation is deprecated, use level: {implied} "
                   "(weighting=mgda_ub is MGDA with level: representation)", FutureWarning, stacklevel=3)
     return implied
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"MGDA: {name} must be one of {allowed}, got {value!r}")

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require
 from okd.weighting.base import GradientWeighting, backward_extra_loss, scaled, scaled_direction, unscaled
 from okd.weighting.gradtools import accumulate_grads, flatten_grads, weighted_sum, write_flat_grad
 from okd.weighting.solvers import gram
@@ -34,14 +35,12 @@ class NashMTL(GradientWeighting):
         tol: float = 1e-6,
     ) -> None:
         super().__init__()
-        if update_weights_every < 1:
-            raise ValueError(f"update_weights_every must be >= 1, got {update_weights_every}")
-        if optim_niter < 1:
-            raise ValueError(f"optim_niter must be >= 1, got {optim_niter}")
-        if max_norm is not None and max_norm <= 0:
-            raise ValueError(f"max_norm must be > 0 or None (no clipping), got {max_norm}")
-        if not 0 < tol < ACCEPT_RESIDUAL:
-            raise ValueError(f"tol must be in (0, {ACCEPT_RESIDUAL}), got {tol}")
+        require(update_weights_every >= 1,
+                "NashMTL", "update_weights_every", ">= 1", update_weights_every)
+        require(optim_niter >= 1, "NashMTL", "optim_niter", ">= 1", optim_niter)
+        require(max_norm is None or max_norm > 0,
+                "NashMTL", "max_norm", "> 0 or None (no clipping)", max_norm)
+        require(0 < tol < ACCEPT_RESIDUAL, "NashMTL", "tol", f"in (0, {ACCEPT_RESIDUAL})", tol)
         self.update_weights_every = update_weights_every
         self.optim_niter = optim_niter
         self.max_norm = max_norm

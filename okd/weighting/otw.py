@@ -6,11 +6,10 @@ teacher the most get the largest weight.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import is_number, require, require_choice
 from okd.weighting.base import LossWeighting
 
 VARIANTS = ("v2", "v1")
@@ -34,12 +33,11 @@ class OTW(LossWeighting):
 
     def __init__(self, temperature: float = 0.1, clamp: float | None = 10.0, variant: str = "v2") -> None:
         super().__init__()
-        if not (_is_number(temperature) and temperature > 0):
-            raise ValueError(f"OTW: temperature must be a finite number > 0, got {temperature!r}")
-        if clamp is not None and not (_is_number(clamp) and clamp > 0):
-            raise ValueError(f"OTW: clamp must be a number > 0 or null (no clamp), got {clamp!r}")
-        if variant not in VARIANTS:
-            raise ValueError(f"OTW: variant must be one of {list(VARIANTS)}, got {variant!r}")
+        require(is_number(temperature) and temperature > 0, "OTW", "temperature", "a finite number > 0",
+                temperature)
+        require(clamp is None or (is_number(clamp) and clamp > 0),
+                "OTW", "clamp", "a number > 0 or null (no clamp)", clamp)
+        require_choice("OTW", "variant", variant, VARIANTS)
         self.temperature = float(temperature)
         self.clamp = None if clamp is None else float(clamp)
         self.variant = variant
@@ -95,8 +93,3 @@ class OTW(LossWeighting):
         v = torch.exp(z).clamp(max=self.clamp)       # exp overflow -> inf -> clamp
         v = torch.where(torch.isnan(v), torch.full_like(v, self.clamp), v)   # g(NaN) = clamp
         return (k * v / v.sum()).to(r.dtype)
-
-
-def _is_number(value: object) -> bool:
-    """A finite int or float; bool is excluded."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

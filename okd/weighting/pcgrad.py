@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require, require_choice
 from okd.weighting.base import GradientWeighting, finite_or_zero
 from okd.weighting.gradtools import OwnedGenerator, random_orders, weighted_sum
 from okd.weighting.solvers import gram
@@ -48,10 +49,8 @@ class PCGrad(GradientWeighting):
 
     def __init__(self, reduction: str = "sum", seed: int = 0, eps: float = 1e-8) -> None:
         super().__init__()
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"PCGrad: reduction must be 'sum' or 'mean', got {reduction!r}")
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"PCGrad: eps must be a number > 0, got {eps!r}")
+        require_choice("PCGrad", "reduction", reduction, ("sum", "mean"))
+        require(isinstance(eps, (int, float)) and eps > 0, "PCGrad", "eps", "a number > 0", eps)
         self.reduction = reduction
         self.eps = float(eps)
         self.generator = OwnedGenerator(seed, "PCGrad")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require, require_choice
 from okd.weighting.base import LossWeighting
 from okd.weighting.gradtools import OwnedGenerator
 
@@ -34,12 +35,10 @@ class RLW(LossWeighting):
 
     def __init__(self, sampler: str = "normal", seed: int = 0, scale: str = "one") -> None:
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise ValueError(f"RLW: sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"RLW: seed must be an int >= 0, got {seed!r}")
-        if scale not in SCALES:
-            raise ValueError(f"RLW: scale must be one of {list(SCALES)}, got {scale!r}")
+        require_choice("RLW", "sampler", sampler, SAMPLERS)
+        require(not isinstance(seed, bool) and isinstance(seed, int) and seed >= 0,
+                "RLW", "seed", "an int >= 0", seed)
+        require_choice("RLW", "scale", scale, SCALES)
         self.sampler = sampler
         self.seed = seed
         self.scale = scale

@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from okd.weighting.arguments import require
 from okd.weighting.base import GradientWeighting, finite_or_zero
 from okd.weighting.gradtools import weighted_sum
 from okd.weighting.qp import min_quadratic_above
@@ -28,12 +29,10 @@ class UPGrad(GradientWeighting):
         pref_vector: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        if norm_eps < 0:
-            raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
-        if reg_eps < 0:
-            raise ValueError(f"reg_eps must be >= 0, got {reg_eps}")
-        if pref_vector is not None and any(p < 0 for p in pref_vector):
-            raise ValueError(f"pref_vector must be non-negative, got {list(pref_vector)}")
+        require(norm_eps >= 0, "UPGrad", "norm_eps", ">= 0", norm_eps)
+        require(reg_eps >= 0, "UPGrad", "reg_eps", ">= 0", reg_eps)
+        require(pref_vector is None or all(p >= 0 for p in pref_vector),
+                "UPGrad", "pref_vector", "non-negative", pref_vector)
         self.norm_eps = norm_eps
         self.reg_eps = reg_eps
         self.pref_vector = None if pref_vector is None else [float(p) for p in pref_vector]

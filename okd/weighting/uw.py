@@ -5,11 +5,10 @@ and Semantics", CVPR 2018, Eqs. (7) and (10).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from okd.weighting.arguments import is_number, require, require_choice
 from okd.weighting.base import LossWeighting
 
 #: form -> default initial s = log sigma^2 (docs/weighting.md#uw).
@@ -31,10 +30,8 @@ class UW(LossWeighting):
 
     def __init__(self, form: str = "kendall", init: float | None = None) -> None:
         super().__init__()
-        if form not in _DEFAULT_INIT:
-            raise ValueError(f"UW: form must be one of {sorted(_DEFAULT_INIT)}, got {form!r}")
-        if init is not None and not _is_number(init):
-            raise ValueError(f"UW: init must be a finite number or None, got {init!r}")
+        require_choice("UW", "form", form, sorted(_DEFAULT_INIT))
+        require(init is None or is_number(init), "UW", "init", "a finite number or None", init)
         self.form = form
         self.init = _DEFAULT_INIT[form] if init is None else float(init)
 
@@ -53,8 +50,3 @@ class UW(LossWeighting):
         # log sigma^2 (kendall) or log sigma = s / 2 (halved).
         total = self.log_vars.sum()
         return total if self.form == "kendall" else 0.5 * total
-
-
-def _is_number(value: object) -> bool:
-    """A finite int or float; bool is excluded (True is not a hyper-parameter value)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
