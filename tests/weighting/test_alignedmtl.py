@@ -7,7 +7,7 @@ import pytest
 import torch
 from toys import Toy, one_step, rows64
 
-from okd.weighting.alignedmtl import AlignedMTL, AlignedMTLUB, alignment_matrix
+from okd.weighting.alignedmtl import AlignedMTL, alignment_matrix
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_integration_gradients():
 
 def test_ub_integration_gradients():
     toy = Toy(seed=1)
-    method = AlignedMTLUB()
+    method = AlignedMTL(level="representation")
     method.bind(toy.bound)
     assert method.needs_representation
     # Independent reference: rep grads z_k, alpha from their Gram, then back through the trunk.
@@ -102,7 +102,7 @@ def test_ub_integration_gradients():
 
 def test_ub_requires_the_representation():
     toy = Toy()
-    method = AlignedMTLUB()
+    method = AlignedMTL(level="representation")
     method.bind(toy.bound)
     with pytest.raises(ValueError, match="representation"):
         method.backward(toy.losses())

@@ -111,7 +111,7 @@ def test_head_rule(apply, weighted):
 @pytest.mark.parametrize("apply", ["original", "libmtl"])
 def test_mgda_ub_backward(rep_gram, apply):
     toy = TanhToy()
-    mgda = bound_method(lambda: MGDA(use_representation=True, rep_gram=rep_gram, apply=apply), toy)
+    mgda = bound_method(lambda: MGDA(level="representation", rep_gram=rep_gram, apply=apply), toy)
     assert mgda.needs_representation
     ref = toy.reference()
     z = ref["z"]
@@ -127,7 +127,7 @@ def test_mgda_ub_backward(rep_gram, apply):
 
 def test_mgda_ub_needs_representation():
     toy = TanhToy()
-    mgda = bound_method(lambda: MGDA(use_representation=True), toy)
+    mgda = bound_method(lambda: MGDA(level="representation"), toy)
     losses, _ = toy.forward()
     with pytest.raises(ValueError, match="representation"):
         mgda.backward(losses)
