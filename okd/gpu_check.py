@@ -352,20 +352,21 @@ def train_one(setting: Setting, root: Path, work: Path, name: str) -> dict:
     """``python run.py <overrides>`` in this process: 2 epochs, then every number must be finite."""
     from okd.app import run
     from okd.bench import compose
+    from okd.results import as_summary
 
     method, variant = name.split("/")
     overrides = train_overrides(setting, root, method, variant)
     cfg = compose(overrides)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    summary = run(cfg, work / "runs" / name.replace("/", "-"), dict(cfg.hydra.runtime.choices), overrides)
+    summary = as_summary(run(cfg, work / "runs" / name.replace("/", "-"), dict(cfg.hydra.runtime.choices), overrides))
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    final = summary["final"]
+    final = summary.final
     bad = sorted(f"{split}/{k}" for split, row in final.items() for k, v in row.items()
                  if isinstance(v, float) and not math.isfinite(v))
     return {"ok": not bad and set(final) >= {"train", "test"}, "non_finite": bad, "peak_gib": peak,
-            "time_s": summary["time_s"], "epoch_time_s_mean": summary["epoch_time_s_mean"],
-            "num_parameters": summary["num_parameters"],
+            "time_s": summary.time_s, "epoch_time_s_mean": summary.epoch_time_s_mean,
+            "num_parameters": summary.num_parameters,
             "train_losses": {k: v for k, v in final["train"].items() if k.startswith("loss/")},
             "test_loss": final.get("test", {}).get("loss"), "command": "python run.py " + " ".join(overrides)}
 
