@@ -1,7 +1,6 @@
 """DWA (okd/weighting/dwa.py) against Liu et al. 2019, Eq. (7), with hand-computed weights."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn

@@ -1,7 +1,6 @@
 """EW (okd/weighting/ew.py): the backward pass is the gradient of sum_k L_k (+ extra loss)."""
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

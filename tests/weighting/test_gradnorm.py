@@ -1,7 +1,6 @@
 """GradNorm (okd/weighting/gradnorm.py) against Chen et al. 2018, Eqs. (1)-(2) and Algorithm 1."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn

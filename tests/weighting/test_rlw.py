@@ -1,21 +1,25 @@
 """RLW (okd/weighting/rlw.py) against Lin et al. 2022: samplers, normalisation, seeding, state."""
 from __future__ import annotations
 
-
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
+from okd.config import compose
 from okd.weighting.base import BoundModel
 from okd.weighting.rlw import RLW, SAMPLERS
 
 DRAWS = 3000
 
 
-def _rlw(num_tasks: int = 3, **kwargs) -> RLW:
-    rlw = RLW(**kwargs)
+def _bound(rlw: RLW, num_tasks: int = 3) -> RLW:
     rlw.bind(BoundModel([f"t{k}" for k in range(num_tasks)], list(nn.Linear(2, 2).parameters())))
     return rlw
+
+
+def _rlw(num_tasks: int = 3, **kwargs) -> RLW:
+    return _bound(RLW(**kwargs), num_tasks)
 
 
 def _draws(rlw: RLW, n: int = DRAWS) -> torch.Tensor:
@@ -163,3 +167,17 @@ def test_checkpoints_of_the_earlier_generator_format_still_load():
     fresh = _rlw(3, seed=4)
     fresh.load_checkpoint_state({"module": fresh.state_dict(), "extra": {"generator": None}})
     assert torch.equal(_draws(fresh, 5), _draws(_rlw(3, seed=4), 5))
+
+
+def _yaml_draws(*overrides: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws of two RLWs built from one composed run config (conf/weighting/rlw.yaml), as
+    ``python run.py weighting=rlw <overrides>`` builds them."""
+    cfg = compose(["weighting=rlw", *overrides], as_run=False)
+    return tuple(_draws(_bound(instantiate(cfg.weighting, _convert_="all")), 5) for _ in range(2))
+
+
+def test_yaml_seed_follows_the_run_seed_unless_set():
+    first, again = _yaml_draws("seed=1")
+    assert torch.equal(first, again)  # same run seed, same draws
+    assert not torch.equal(_yaml_draws("seed=2")[0], first)
+    assert torch.equal(_yaml_draws("seed=2", "weighting.seed=1")[0], first)
