@@ -22,22 +22,12 @@ _SQRT_EPS = 1e-8
 def cagrad_weights(matrix: Tensor, c: float, eps: float = 1e-4) -> Tensor:
     """Effective weights lambda (d = G^T lambda, before rescaling) from the Gram matrix M.
 
-    Liu et al. 2021, Eq. (4)-(5) / Algorithm 1. The primal problem
-    max_d min_k g_k . d  s.t. ||d - g0|| <= c ||g0||  has the dual over the simplex
-
-        w* = argmin_w  F(w) = w^T M 1/K + c ||g0|| sqrt(w^T M w),   ||g0|| = sqrt(mean(M)),
-
-    and d = g0 + (c ||g0|| / ||g_w||) g_w with g_w = G^T w*, i.e.
-    lambda_k = 1/K + (c ||g0|| / ||g_w||) w*_k. The dual is solved by
-    :func:`okd.weighting.solvers.minimize_on_simplex` from w0 = 1/K (the official code uses scipy
-    SLSQP from the same start) on M / max_k M_kk (same argmin), on a float64 CPU copy of M (one
-    K x K host transfer per step). If ||g_w|| <= eps ||g_max|| (0 in the convex hull: a
-    Pareto-stationary point) the correction is dropped and lambda = 1/K: the update is g0, EW's
-    direction at CAGrad's scale. (torchjd 0.18 returns zero weights there, i.e. no update.) The
-    default eps = 1e-4 is the scale of the 1e-8 smoothing inside the square root: below it the
-    smoothed dual no longer determines the direction of g_w, and the official code's
-    c / (||g_w|| + 1e-8) would add c ||g0|| times an arbitrary unit vector. A non-finite M (an
-    fp16 overflow step, which GradScaler skips) counts as zeros: lambda = 1/K.
+    Liu et al. 2021, Eqs. (4)-(5) / Algorithm 1: the dual over the simplex,
+    w* = argmin_w w^T M 1/K + c ||g0|| sqrt(w^T M w), solved by
+    :func:`okd.weighting.solvers.minimize_on_simplex` from 1/K on a float64 CPU copy of
+    M / max_k M_kk; lambda_k = 1/K + (c ||g0|| / ||g_w||) w*_k with g_w = G^T w*. The
+    Pareto-stationary guard (||g_w|| <= eps x the largest gradient norm) and a non-finite M give
+    lambda = 1/K (docs/weighting.md#cagrad).
     """
     m, scale = normalized_gram(finite_or_zero(matrix))
     k = m.shape[0]
