@@ -70,7 +70,9 @@ def join_torchrun_job() -> bool:
 
 
 def list_sweep_jobs() -> None:
-    """After ``-m`` (finished or not): one screen with every job of the sweep (okd.launch.sweep_summary)."""
+    """After ``-m`` (finished or not): one screen with every job of the sweep (okd.launch.sweep_summary),
+    then the comparison report of its runs (okd.launch.sweep_report: files in <sweep dir>/report/, the
+    table printed, a W&B run of the sweep's group); neither can fail the sweep."""
     from okd import launch
 
     root = launch.sweep_dir()
@@ -79,6 +81,7 @@ def list_sweep_jobs() -> None:
             print(launch.sweep_summary(root), flush=True)
         except Exception as err:  # noqa: BLE001  (the jobs' own results are written; this is a digest)
             print(f"okd: could not summarise the sweep in {root}: {err}", file=sys.stderr)
+        launch.sweep_report(root)
 
 
 if __name__ == "__main__":

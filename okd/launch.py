@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import IO, Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from okd.config import CONF_DIR, MAX_SUBDIR_BYTES, compose, direction, job_subdir, overrides_dirname, stl_runs  # noqa: F401
@@ -260,6 +262,10 @@ class ResumeOnRequeue(Callback):
 # ---------------------------------------------------------------------------------------------
 #: the sweep dir of this process's multirun (set by SweepSummary.on_multirun_start; run.py reads it)
 _SWEEP_DIR: Path | None = None
+#: what the end-of-sweep report needs from the multirun's config: model selection, W&B settings
+_SWEEP_SETTINGS: dict[str, Any] = {}
+#: the report of a sweep is written here, inside its sweep dir
+REPORT_DIR = "report"
 JOB_STATUS = "job_status.json"
 
 
@@ -270,8 +276,16 @@ class SweepSummary(Callback):
     the launcher. A job that a signal stopped (preemption) records nothing: its checkpoint says it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _SWEEP_DIR
+        global _SWEEP_DIR, _SWEEP_SETTINGS
         _SWEEP_DIR = Path(str(config.hydra.sweep.dir))
+        headline = OmegaConf.select(config, "selection.headline", default=None)  # conf/selection/
+        _SWEEP_SETTINGS = {"selection": str(headline or OmegaConf.select(config, "delta.selection", default="best"))}
+        try:  # the W&B project/group of the sweep's jobs, for the report's own run (okd/report_tracker.py)
+            from okd.report_tracker import tracker_settings
+
+            _SWEEP_SETTINGS["wandb"] = tracker_settings(config)
+        except Exception as err:  # noqa: BLE001  (the sweep runs whatever the report's tracker can do)
+            log.warning("okd.launch: the sweep's report will not be logged to W&B (%s: %s)", type(err).__name__, err)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         import json
@@ -328,6 +342,55 @@ def sweep_summary(root: Path, selection: str = "best") -> str:
     return "\n".join([head, *lines])
 
 
+def sweep_report(root: Path, selection: str | None = None, wandb: dict[str, Any] | None | bool = True) -> Any:
+    """The comparison report at the end of a multirun: ``okd.report`` over the sweep dir into
+    ``<root>/report/`` (report.md/.csv/.tex, deltas/curves .png/.pdf), its table printed, and, when the
+    sweep's jobs log to W&B, one W&B run of their group with the table and figures
+    (okd/report_tracker.py). Never raises: a failure is one warning line on stderr (the jobs' results
+    are in their folders; ``python -m okd.report <root>`` makes the report again). Returns the
+    :class:`okd.report.Report`, or None.
+
+    ``selection``/``wandb``: default (None/True) those of the multirun this process launched
+    (:class:`SweepSummary`); ``wandb=None`` or False: no W&B run."""
+    from okd import report as rp
+
+    selection = selection or _SWEEP_SETTINGS.get("selection") or "best"
+    settings = _SWEEP_SETTINGS.get("wandb") if wandb is True else (wandb or None)
+    out = root / REPORT_DIR
+    quiet = logging.getLogger("fontTools")  # PDF font subsetting logs every table at INFO
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        report = rp.build_report([root], out, selection)
+        text = report.files["md"].read_text()
+    except Exception as err:  # noqa: BLE001  (a report failure must not fail a sweep whose jobs succeeded)
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"okd: warning: no report for the sweep in {root} ({type(err).__name__}: {first}); "
+              f"the jobs' results are in their folders", file=sys.stderr, flush=True)
+        return None
+    finally:
+        quiet.setLevel(level)
+    print("\n" + report_table(text), flush=True)
+    written = [p for p in report.files.values() if p is not None]
+    print(f"report: {out}/ ({', '.join(p.name for p in written)})", flush=True)
+    if settings:
+        try:
+            from okd.report_tracker import log_report
+
+            print(f"report logged to {log_report(report, out, settings, root)}", flush=True)
+        except Exception as err:  # noqa: BLE001
+            print(f"okd: warning: the report was not logged to W&B ({type(err).__name__}: {err}); it is in {out}",
+                  file=sys.stderr, flush=True)
+    return report
+
+
+def report_table(markdown: str) -> str:
+    """What report.md says up to its table and the table (the figures, notes and run list stay in the file)."""
+    lines = markdown.splitlines()
+    rows = [i for i, line in enumerate(lines) if line.startswith("|")]
+    return "\n".join(lines[: rows[-1] + 1]) if rows else markdown
+
+
 def _job_status(job: Path, run: Any) -> str:
     import json
 
@@ -345,11 +408,208 @@ def _job_status(job: Path, run: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Staged sweeps: jobs taught by the sweep's single-task runs start after them
+# ---------------------------------------------------------------------------------------------
+#: the resolver through which a job's config names single-task runs of its own sweep (okd/config.py)
+STL_RESOLVER = "okd_stl_runs"
+
+
+def sweep_stl_keys(cfg: DictConfig) -> list[str]:
+    """The keys of a job config (outside ``hydra``) whose value comes from ``${okd_stl_runs:...}``: the
+    job needs single-task runs of its own sweep (KD-MTL's teachers: ``experiment=kdmtl_sweep``)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    found: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if prefix or key != "hydra":
+                    walk(value, f"{prefix}{key}.")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{prefix}{i}.")
+        elif isinstance(node, str) and "${" + STL_RESOLVER + ":" in node:
+            found.append(prefix[:-1])
+
+    walk(raw, "")
+    return found
+
+
+class _Job:
+    """One job of a staged sweep: its index, overrides, folder and the sweep runs it needs."""
+
+    def __init__(self, index: int, overrides: list[str], folder: Path, needs: dict[str, Path]) -> None:
+        self.index, self.overrides, self.folder, self.needs = index, overrides, folder, needs
+        self.stage = 0
+
+    @property
+    def label(self) -> str:
+        return " ".join(o for o in self.overrides if not o.startswith(("hydra.", "hydra/", "trainer.resume=")))
+
+
+def finished(folder: Path) -> bool:
+    """A run that ended its training: ``summary.json`` is written once, at the end of a fit."""
+    return (folder / "summary.json").is_file()
+
+
+class StagedSweeper(Sweeper):
+    """okd's sweeper (``hydra/sweeper=okd_staged``; every ``conf/sweep/paper_*`` uses it): Hydra's grid
+    (the basic sweeper's cartesian product of ``hydra.sweeper.params`` and the command line), launched
+    in **stages** through whatever launcher is configured (basic, joblib, SLURM):
+
+    * a job whose config takes runs of its own sweep (``${okd_stl_runs:...}``: KD-MTL's teachers,
+      ``experiment=kdmtl_sweep``) goes in the stage after the jobs that make those runs; a stage starts
+      when the previous one has ended, so KD-MTL starts once its single-task teachers have finished;
+    * a job whose folder already holds ``summary.json`` (a finished run) is not launched again
+      (``skip_finished``): launching the same sweep again continues it. Unfinished jobs run again and,
+      with ``trainer.resume=auto`` (conf/sweep/base/layout.yaml), continue from their ``last.pt``;
+    * a job whose needed runs did not finish (a teacher job failed, or the teachers are not part of this
+      sweep and were never run) is not started: one line says which run is missing, and the sweep
+      ends with status 2 once every other job has run.
+
+    A failed job does not stop the sweep: every stage runs, and the first failure is raised at the end
+    (as Hydra's basic sweeper raises it), after which run.py lists every job and writes the report.
+    """
+
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None,
+                 skip_finished: bool = True) -> None:
+        super().__init__()
+        self.max_batch_size, self.params, self.skip_finished = max_batch_size, dict(params or {}), skip_finished
+        self.hydra_context: Any = None
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+        self.numbered = False
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    # -- planning ---------------------------------------------------------------------------
+    def _job_config(self, overrides: list[str], index: int) -> DictConfig:
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = cfg.hydra.job.num = index
+        return cfg
+
+    @staticmethod
+    def _folder(cfg: DictConfig) -> Path:
+        """The job's folder, as Hydra's ``run_job`` computes it (``hydra.sweep.dir`` / ``hydra.sweep.subdir``)."""
+        return Path(os.path.abspath(os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
+                                                 str(OmegaConf.select(cfg, "hydra.sweep.subdir")))))
+
+    def _needs(self, cfg: DictConfig, folder: Path) -> dict[str, Path]:
+        """``{label: run dir}`` of the sweep runs the job takes (resolved as inside the job)."""
+        keys = sweep_stl_keys(cfg)
+        if not keys:
+            return {}
+        instance = HydraConfig.instance()
+        previous = instance.cfg
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(folder)
+        instance.set_config(cfg)
+        try:
+            needs: dict[str, Path] = {}
+            for key in keys:
+                value = OmegaConf.select(cfg, key)
+                value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                items = value.items() if isinstance(value, dict) else enumerate(value if isinstance(value, list)
+                                                                                 else [value])
+                for name, path in items:
+                    needs[f"{key}.{name}"] = Path(str(path))
+            return needs
+        finally:
+            instance.cfg = previous
+
+    def plan(self, jobs: Sequence[Sequence[str]]) -> list[_Job]:
+        """Compose every job (as the launcher will: a job that cannot be composed fails here, before any
+        runs), find its folder and the sweep runs it needs, and number the stages."""
+        planned = []
+        for index, overrides in enumerate(jobs):
+            cfg = self._job_config(list(overrides), index)
+            folder = self._folder(cfg)
+            planned.append(_Job(index, list(overrides), folder, self._needs(cfg, folder)))
+        if planned:  # do folders depend on the job number (ad-hoc sweeps: subdir ${hydra.job.num})?
+            cfg = self._job_config(planned[0].overrides, 10**6)
+            self.numbered = self._folder(cfg) != planned[0].folder
+        by_folder = {job.folder: job for job in planned}
+        for _ in planned:  # longest chain of needs: a job's stage follows the stages of the jobs it needs
+            for job in planned:
+                job.stage = max([0] + [by_folder[p].stage + 1 for p in job.needs.values() if p in by_folder])
+        return planned
+
+    # -- launching --------------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        # the basic sweeper's grid (imported here: Hydra's plugin scan re-imports its module)
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        (jobs,) = BasicSweeper.split_arguments(overrides, None)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        planned = self.plan(jobs)
+        done = [j for j in planned if self.skip_finished and finished(j.folder)]
+        if done:
+            log.info("okd.launch: %d of %d job(s) already finished in %s (summary.json): not launched again "
+                     "(delete a job's folder to redo it)", len(done), len(planned), sweep_dir)
+        todo = [j for j in planned if j not in done]
+        stages = sorted({j.stage for j in todo})
+        returns: list[Sequence[Any]] = []
+        failures, not_started = [], []
+        for number, stage in enumerate(stages, 1):
+            ready = []
+            for job in (j for j in todo if j.stage == stage):
+                missing = {k: p for k, p in job.needs.items() if not finished(p)}
+                if missing:
+                    not_started.append(job)
+                    where = ("a job of this sweep that did not finish" if all(p.parent == job.folder.parent
+                             and any(p == j.folder for j in planned) for p in missing.values())
+                             else "not a job of this sweep: run it first")
+                    print(f"okd: error: job {job.label} not started: it needs the finished run(s) "
+                          + ", ".join(f"{k}={p}" for k, p in missing.items())
+                          + f" (no summary.json: {where})", file=sys.stderr, flush=True)
+                else:
+                    ready.append(job)
+            if not ready:
+                continue
+            if len(stages) > 1:
+                log.info("okd.launch: stage %d of %d: %d job(s)%s", number, len(stages), len(ready),
+                         "" if stage == 0 else " (they take finished runs of the earlier stages)")
+            for batch in self._batches(ready):
+                results = self.launcher.launch([j.overrides for j in batch], initial_job_idx=batch[0].index)
+                returns.append(results)
+                failures += [r for r in results if getattr(r.status, "name", "") == "FAILED"]
+        if failures:
+            _ = failures[0].return_value  # raises the first job's exception, as Hydra's basic sweeper does
+        if not_started:
+            raise SystemExit(2)
+        return returns
+
+    def _batches(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """Launcher calls for one stage: one call, unless job folders depend on the job number (then
+        runs of consecutive numbers, so every job keeps its number) or ``max_batch_size`` splits it."""
+        runs: list[list[_Job]] = []
+        for job in jobs:
+            if runs and (not self.numbered or runs[-1][-1].index + 1 == job.index):
+                runs[-1].append(job)
+            else:
+                runs.append([job])
+        size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else None
+        return [run[i:i + size] for run in runs for i in range(0, len(run), size)] if size else runs
+
+
+# ---------------------------------------------------------------------------------------------
 # W&B sweep YAMLs from Hydra sweep files
 # ---------------------------------------------------------------------------------------------
 WANDB_COMMAND = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
 #: sweep files with an experiment grid also get a second W&B sweep for KD-MTL, which needs the finished
-#: single-task runs of the first (its teachers)
+#: single-task runs of the first (its teachers); Hydra runs both in one command (:class:`StagedSweeper`),
+#: W&B agents cannot wait for a stage, so the first W&B sweep leaves KD-MTL out
 SECOND_STAGE = {"suffix": "_kdmtl", "overrides": ["experiment=kdmtl_sweep"]}
 
 
@@ -409,6 +669,10 @@ def wandb_sweep(sweep: str, overrides: Sequence[str] = (), suffix: str = "") -> 
     W&B summary key of ``trainer.monitor`` at the best epoch, ``run_cap`` = n_trials)."""
     cfg = compose_sweep(sweep, overrides)
     parameters = {"+sweep": {"value": sweep}, **sweep_parameters(cfg, overrides)}
+    grid = parameters.get("experiment", {})
+    if not suffix and "values" in grid:  # W&B agents have no stages: KD-MTL is the second W&B sweep
+        later = {o.split("=", 1)[1] for o in SECOND_STAGE["overrides"] if o.startswith("experiment=")}
+        grid["values"] = [v for v in grid["values"] if v not in later]
     if "root" in cfg.dataset and "synthetic" not in str(cfg.dataset._target_):
         parameters.setdefault("dataset.root", {"value": f"/path/to/{cfg.dataset._target_.split('.')[-2]}"})
     spec: dict[str, Any] = {"program": "run.py", "name": f"{cfg.name}{suffix}"}
@@ -416,10 +680,12 @@ def wandb_sweep(sweep: str, overrides: Sequence[str] = (), suffix: str = "") -> 
         spec["project"] = cfg.logger.project
     sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
     if "optuna" in sweeper.lower():
-        select = cfg.dataset.get("select_split") or "val"
-        monitor = str(cfg.trainer.monitor)
+        choose = cfg.get("selection") or {}  # conf/selection/ (earlier: trainer.monitor, dataset.select_split)
+        select = choose.get("split") or cfg.dataset.get("select_split") or "val"
+        monitor = str(choose.get("monitor") or cfg.trainer.get("monitor"))
         spec["method"] = "bayes"
-        spec["metric"] = {"name": f"best/{select}/{monitor}", "goal": direction(monitor)}
+        spec["metric"] = {"name": f"best/{select}/{monitor}",
+                          "goal": direction(monitor, *([str(choose["mode"])] if choose.get("mode") else []))}
         spec["run_cap"] = int(cfg.hydra.sweeper.n_trials)
     else:
         spec["method"] = "grid"
