@@ -39,8 +39,9 @@ from toys import (
 #: presets: another option's class with other values (``mgda_ub`` is ``mgda`` at the representation
 #: level, tests/weighting/test_levels.py; ``otw_v1`` is ``otw`` as first released)
 PRESETS = {o for o in OPTIONS if any(o.startswith(base + "_") for base in OPTIONS)}
-#: learning rates other than 0.1 for the descent check
-LR = {}
+#: SGD steps of the descent check: at lr 0.1 every method lowers all three losses by 15 % or more
+#: within 5 steps (at 10, by 25 %); more steps only cost time
+DESCENT_STEPS = 10
 #: gradient methods that use the base class's backward as it is (DB-MTL, IMTL and Nash-MTL add a
 #: rule of their own, tested in their files)
 PLAIN_GRADIENT = [n for n in NAMES if isinstance(m := METHODS[n](), GradientWeighting)
@@ -76,7 +77,7 @@ def test_backward_writes_what_combine_returns(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_training_decreases_every_loss(name):
-    check_descent(METHODS[name], lr=LR.get(name, 0.1))
+    check_descent(METHODS[name], steps=DESCENT_STEPS, lr=0.1)
 
 
 @pytest.mark.parametrize("name", NAMES)

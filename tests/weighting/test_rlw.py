@@ -169,15 +169,16 @@ def test_checkpoints_of_the_earlier_generator_format_still_load():
     assert torch.equal(_draws(fresh, 5), _draws(_rlw(3, seed=4), 5))
 
 
-def _yaml_draws(*overrides: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draws of two RLWs built from one composed run config (conf/weighting/rlw.yaml), as
-    ``python run.py weighting=rlw <overrides>`` builds them."""
-    cfg = compose(["weighting=rlw", *overrides], as_run=False)
-    return tuple(_draws(_bound(instantiate(cfg.weighting, _convert_="all")), 5) for _ in range(2))
+def _yaml_draws(cfg) -> torch.Tensor:
+    """Draws of the RLW that ``python run.py`` builds from the composed run config ``cfg``."""
+    return _draws(_bound(instantiate(cfg.weighting, _convert_="all")), 5)
 
 
 def test_yaml_seed_follows_the_run_seed_unless_set():
-    first, again = _yaml_draws("seed=1")
-    assert torch.equal(first, again)  # same run seed, same draws
-    assert not torch.equal(_yaml_draws("seed=2")[0], first)
-    assert torch.equal(_yaml_draws("seed=2", "weighting.seed=1")[0], first)
+    one, two = (compose(["weighting=rlw", f"seed={seed}"], as_run=False) for seed in (1, 2))
+    draws = _yaml_draws(one)
+    assert torch.equal(draws, _yaml_draws(one))  # same run seed, same draws
+    assert torch.equal(draws, _draws(_rlw(seed=1), 5))
+    assert not torch.equal(_yaml_draws(two), draws)
+    two.weighting.seed = 1  # what the override weighting.seed=1 sets
+    assert torch.equal(_yaml_draws(two), draws)
