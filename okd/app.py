@@ -52,15 +52,20 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None,
     mode = cfg.get("mode", "train")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {list(MODES)}")
+    source = cfg.get("ckpt")
     if mode != "train":
-        cfg = _with_checkpoint_config(cfg, overrides or [])
-        cfg.logger = {"_target_": "okd.logging.NullLogger"}  # evaluation makes no tracker run
+        cfg = _local_checkpoint(cfg, Path(run_dir))
+        cfg, saved = _with_checkpoint_config(cfg, overrides or [])
+        if mode == "eval":  # one tracker run (job type eval), grouped with the run it evaluates
+            cfg.logger = _eval_logger(cfg, saved, overrides or [])
+        else:  # predictions are files in the run dir: no tracker run
+            cfg.logger = {"_target_": "okd.logging.NullLogger"}
     else:
         cfg, choices, overrides = _run_config(cfg, Path(run_dir), choices, overrides)
     trainer, ctx = build(cfg, run_dir, choices, overrides)
     if mode == "eval":
         from okd.engine.evaluate import evaluate_checkpoint
-        return evaluate_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("eval_split"))
+        return evaluate_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("eval_split"), source=source)
     if mode == "predict":
         from okd.engine.evaluate import predict_checkpoint
         return {"predictions": [str(p) for p in predict_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("input"))]}
@@ -141,16 +146,34 @@ def _restore_hydra_snapshot(run_dir: Path, config: dict[str, Any], overrides: li
     atomic_write_text(snapshot / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
 
 
-def _with_checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+def _local_checkpoint(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """``ckpt=wandb:<entity>/<project>/<artifact>:<alias>``: the artifact downloaded into
+    ``<run dir>/checkpoint/``, and ``ckpt`` its checkpoint file (refused with one line, before any
+    work, where W&B is offline or unreachable or the artifact unknown: okd.logging.fetch_checkpoint)."""
+    from okd.logging import fetch_checkpoint, is_artifact_ref
+
+    ckpt = cfg.get("ckpt")
+    if not is_artifact_ref(ckpt):
+        return cfg
+    logger = cfg.get("logger") or {}
+    mode = logger.get("mode", "auto") if "WandbLogger" in str(logger.get("_target_", "")) else "auto"
+    cfg = cfg.copy()
+    cfg.ckpt = str(fetch_checkpoint(ckpt, run_dir / "checkpoint", mode=mode))
+    return cfg
+
+
+def _with_checkpoint_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """Rebuild the model the checkpoint was trained with: its dataset and backbone config replace the
     composed ones, then the command line's own ``dataset.*``/``backbone.*`` overrides apply again
-    (e.g. ``dataset.root`` to evaluate on files elsewhere)."""
+    (e.g. ``dataset.root`` to evaluate on files elsewhere). Also returns the checkpoint's saved
+    ``config`` and ``choices`` (empty without a readable checkpoint)."""
     from okd.engine.checkpoint import load_checkpoint
 
     ckpt = cfg.get("ckpt")
     if not ckpt or not Path(ckpt).is_file():
-        return cfg  # the mode reports the missing checkpoint itself
-    saved = load_checkpoint(Path(ckpt), mmap=True).get("config") or {}
+        return cfg, {}  # the mode reports the missing checkpoint itself
+    state = load_checkpoint(Path(ckpt), mmap=True)
+    saved = state.get("config") or {}
     cfg = cfg.copy()
     for group in ("dataset", "backbone"):
         if group in saved:
@@ -158,7 +181,36 @@ def _with_checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig
     again = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").startswith(("dataset.", "backbone."))]
     if again:
         cfg.merge_with_dotlist(again)
-    return cfg
+    return cfg, {"config": saved, "choices": state.get("choices") or {}}
+
+
+def _eval_logger(cfg: DictConfig, saved: dict[str, Any], overrides: list[str]) -> Any:
+    """The tracker of ``mode=eval``: the configured one with job type ``eval``, and, from the checkpoint,
+    the group of the run it evaluates (its W&B group, else its experiment name, else its method), the
+    name ``eval <that run's name>`` and its tags plus ``eval``; ``logger.<key>=`` on the command line wins."""
+    from okd.config import UNNAMED
+    from okd.logging import method_name
+
+    node = cfg.logger
+    if "WandbLogger" not in str(node.get("_target_", "")):
+        return node
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    values: dict[str, Any] = {"job_type": "eval"}
+    config, choices = saved.get("config") or {}, saved.get("choices") or {}
+    if config:
+        trained = config.get("logger") or {}
+        method = config.get("method") or method_name(choices)
+        name = config.get("name")
+        values["group"] = trained.get("group") or (name if name and name != UNNAMED else method)
+        values["name"] = "eval " + (trained.get("name") or f"{method} seed={config.get('seed')}")
+        tags = trained.get("tags") or [choices.get("dataset"), choices.get("backbone"), choices.get("weighting"),
+                                       f"kd-{choices.get('kd')}"]
+        values["tags"] = [str(t) for t in tags if t] + ["eval"]
+    node = node.copy()
+    for key, value in values.items():
+        if f"logger.{key}" not in given:
+            node[key] = value
+    return node
 
 
 def _instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:

@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from okd.errors import OkdError
 
 log_stream = sys.stderr
 #: the console: Hydra's job logging sends it to the terminal and to the run directory's run.log
@@ -125,7 +128,11 @@ class Logger:
         pass
 
     def log_images(self, images: Mapping[str, Any], step: int) -> None:
-        """PIL images keyed by name."""
+        """Pictures keyed by name: PIL images, or :class:`okd.predict.SegmentationMasks` (a picture with
+        class-id masks, which a tracker may draw as toggleable overlays)."""
+
+    def log_tables(self, tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]) -> None:
+        """Small tables keyed by name, each ``(columns, rows)`` (e.g. per split in ``mode=eval``)."""
 
     def log_checkpoints(self, checkpoint_dir: Path) -> None:
         """Called once at the end of a finished fit with the run's checkpoint folder (best.pt, last.pt)."""
@@ -175,14 +182,16 @@ class NullLogger(Logger):
     """``logger=none``: nothing beyond the run directory's own files."""
 
 
-def _has_wandb_credentials() -> bool:
+def _has_wandb_credentials(host: str | None = None) -> bool:
+    """An API key in WANDB_API_KEY, or a ``wandb login`` entry in ~/.netrc (for ``host`` too when given)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return "api.wandb.ai" in netrc.read_text()
+        text = netrc.read_text()
     except OSError:
         return False
+    return "api.wandb.ai" in text or bool(host and host in text)
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -211,18 +220,22 @@ class WandbLogger(Logger):
         tags: Sequence[str] = (),
         mode: str = "auto",
         notes: str | None = None,
+        log_model: bool | str | None = False,
     ) -> None:
         self.project, self.entity, self.group, self.job_type = project, entity, group, job_type
         self.name, self.tags, self.notes = name, list(tags), notes
         self.mode = resolve_wandb_mode(mode)
+        self.log_model = log_model_choice(log_model)
         self._run = None
         self._run_id: str | None = None
         self._description: str | None = None
+        self._config: dict = {}
 
     def start(self, run_dir: Path, config: dict, resume_id: str | None = None,
               metrics: Mapping[str, bool] | None = None) -> None:
         import wandb  # imported here: it is slow to import and unused with logger=none
 
+        self._config = dict(config)
         self._run = wandb.init(
             project=self.project, entity=self.entity, group=self.group, job_type=self.job_type,
             name=self.name, tags=self.tags, notes=self.notes, config=config, dir=str(run_dir),
@@ -246,7 +259,63 @@ class WandbLogger(Logger):
             return
         import wandb
 
-        self._guarded("log_images", lambda run: run.log({k: wandb.Image(v) for k, v in images.items()}, step=step))
+        self._guarded("log_images", lambda run: run.log({k: _wandb_image(v) for k, v in images.items()}, step=step))
+
+    def log_tables(self, tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]) -> None:
+        if self.mode == "disabled":
+            return
+        import wandb
+
+        self._guarded("log_tables", lambda run: run.log(
+            {key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+             for key, (columns, rows) in tables.items()}))
+
+    def log_checkpoints(self, checkpoint_dir: Path) -> None:
+        """``log_model=best``: best.pt, ``all``: best.pt and last.pt, as versions of the artifact
+        ``model-<run id>`` (type ``model``) with the alias ``best``/``last`` (and W&B's own ``latest`` on
+        the newest: last.pt with ``all``); metadata: the best epoch, monitor and value, the method and the seed. Offline, the
+        artifact is stored in the offline run and uploaded by ``wandb sync``."""
+        if not self.log_model or self.mode == "disabled" or self._run is None:
+            return
+        wanted = ["best.pt", "last.pt"] if self.log_model == "all" else ["best.pt"]
+        present = [f for f in wanted if (Path(checkpoint_dir) / f).is_file()]
+        if not present:
+            console.warning(f"okd: warning: logger.log_model={self.log_model}: no {' or '.join(wanted)} in "
+                            f"{checkpoint_dir}; no model artifact logged")
+            return
+        try:
+            self._log_model_artifact(self._run, Path(checkpoint_dir), present)
+        except Exception as err:  # noqa: BLE001  (any tracker failure, whatever its type)
+            # the run itself is fine (its numbers are logged): it still closes normally in finish()
+            console.warning(f"okd: warning: W&B could not store the checkpoints as an artifact ({type(err).__name__}: "
+                            f"{err}); they are in {checkpoint_dir}")
+
+    def _log_model_artifact(self, run, checkpoint_dir: Path, files: Sequence[str]) -> None:
+        import wandb
+
+        from okd.engine.checkpoint import load_checkpoint
+
+        name = f"model-{run.id}"
+        logged = []
+        for file in files:
+            path = checkpoint_dir / file
+            state = load_checkpoint(path, mmap=True)  # mmap: only the small entries below are read
+            best = state.get("best") or {}
+            metadata = {"file": file, "epoch": state.get("epoch"), "method": self._config.get("method"),
+                        "seed": self._config.get("seed"), "best_epoch": best.get("epoch"),
+                        "monitor": best.get("monitor"), "monitor_split": best.get("split"),
+                        "monitor_value": best.get("value"),
+                        **{k: self._config.get(k) for k in CHOICE_KEYS}}
+            artifact = wandb.Artifact(name, type="model", metadata=_jsonable(metadata),
+                                      description=f"{file} of run {run.name or run.id}")
+            artifact.add_file(str(path), name=file)  # copied to W&B's staging area: a resume may rewrite it
+            alias = file.removesuffix(".pt")  # W&B adds "latest" to the newest version itself
+            run.log_artifact(artifact, aliases=[alias])
+            logged.append(f"{file} (:{alias})")
+        run.summary["model_artifact"] = name
+        where = " (stored in the offline run: `wandb sync` uploads it)" if self.mode == "offline" else ""
+        console.info(f"checkpoints logged to W&B as artifact {name}: {'; '.join(logged)}{where}; evaluate with "
+                     f"ckpt=wandb:<entity>/{self.project}/{name}:best")
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self._guarded("summary", lambda run: run.summary.update(dict(values)))
@@ -287,6 +356,140 @@ class WandbLogger(Logger):
         if self.mode == "disabled":
             return "W&B disabled"
         return f"W&B run {run.id}: {getattr(run, 'url', None) or run_dir}"
+
+
+def log_model_choice(value: Any) -> str | None:
+    """``logger.log_model``: false (default), ``best`` (best.pt) or ``all`` (best.pt and last.pt)."""
+    if value in (False, None, "false", "False", "none", "null"):
+        return None
+    if value in ("best", "all"):
+        return value
+    raise ValueError(f"logger.log_model={value!r}: expected false, best (log best.pt as a W&B artifact) or all "
+                     f"(best.pt and last.pt)")
+
+
+def _wandb_image(value: Any):
+    """A PIL image as ``wandb.Image``; :class:`okd.predict.SegmentationMasks` as the picture with its
+    prediction and ground-truth masks (toggleable per class in the dashboard)."""
+    import wandb
+
+    masks = getattr(value, "wandb_masks", None)
+    return wandb.Image(value.image, masks=masks()) if masks is not None else wandb.Image(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints from W&B: ckpt=wandb:<entity>/<project>/<artifact>:<alias or version>
+# ---------------------------------------------------------------------------------------------
+ARTIFACT_PREFIX = "wandb:"
+ARTIFACT_SYNTAX = "wandb:<entity>/<project>/<artifact>:<alias or version>, e.g. wandb:me/okd/model-1a2b3c4d:best"
+#: seconds to wait for W&B's server to answer where an artifact is (downloads themselves are not limited)
+LOOKUP_TIMEOUT_S = 60
+
+
+def is_artifact_ref(ckpt: Any) -> bool:
+    return isinstance(ckpt, str) and ckpt.startswith(ARTIFACT_PREFIX)
+
+
+def parse_artifact_ref(ref: str) -> tuple[str, str, str, str]:
+    """``wandb:<entity>/<project>/<artifact>:<alias>`` -> (entity, project, artifact, alias)."""
+    body = ref[len(ARTIFACT_PREFIX):]
+    path, _, alias = body.rpartition(":")
+    parts = path.split("/") if path else []
+    if len(parts) != 3 or not all(parts) or not alias or "/" in alias:
+        raise ArtifactError(f"ckpt={ref}: not an artifact reference; expected {ARTIFACT_SYNTAX}")
+    return parts[0], parts[1], parts[2], alias
+
+
+def fetch_checkpoint(ref: str, root: Path, mode: str = "auto") -> Path:
+    """Download the model artifact ``ref`` into ``root`` and return its checkpoint file.
+
+    Refused at once, one line each, before any work and without waiting on the network: a malformed
+    reference, W&B offline or disabled (``mode``/WANDB_MODE), no credentials, the server unreachable;
+    an unknown artifact or one without a ``.pt`` file after the lookup."""
+    entity, project, name, alias = parse_artifact_ref(ref)
+    effective = resolve_wandb_mode(mode)
+    if effective in ("offline", "disabled"):
+        env = os.environ.get("WANDB_MODE")
+        why = f"WANDB_MODE={env}" if env in ("offline", "disabled", "dryrun") else f"logger.mode={mode}"
+        raise ArtifactError(f"ckpt={ref}: W&B is {effective} ({why}), so the artifact cannot be downloaded; "
+                            f"download it where the network is (wandb artifact get {ref[len(ARTIFACT_PREFIX):]}) and "
+                            f"pass ckpt=<path to its .pt file>, or set WANDB_MODE=online")
+    base_url = _wandb_base_url()
+    if not _has_wandb_credentials(urlsplit(base_url).hostname):
+        raise ArtifactError(f"ckpt={ref}: no W&B credentials for {base_url} (WANDB_API_KEY or `wandb login`) to "
+                            f"download the artifact; log in, or pass ckpt=<path to a .pt file>")
+    _check_reachable(ref, base_url)
+    artifact = _lookup_artifact(ref, f"{entity}/{project}/{name}:{alias}")
+    if artifact.type != "model":
+        console.warning(f"okd: warning: ckpt={ref}: artifact type {artifact.type!r}, not 'model'")
+    folder = Path(artifact.download(root=str(root)))
+    checkpoints = sorted(p for p in folder.rglob("*.pt") if p.is_file())
+    preferred = [p for p in checkpoints if p.stem == alias]
+    if len(preferred) == 1 or len(checkpoints) == 1:
+        path = (preferred or checkpoints)[0]
+        console.info(f"checkpoint {ref} ({artifact.name}, aliases {', '.join(artifact.aliases) or '-'}) "
+                     f"downloaded to {path}")
+        return path
+    found = ", ".join(p.name for p in checkpoints) or "no .pt file"
+    raise ArtifactError(f"ckpt={ref}: expected one checkpoint (.pt) in the artifact, found {found} in {folder}")
+
+
+def _wandb_base_url() -> str:
+    """The W&B server, as wandb resolves it (WANDB_BASE_URL, else ``wandb login --host``'s setting)."""
+    try:
+        from wandb import env
+        from wandb.sdk import wandb_setup
+
+        url = env.get_base_url(wandb_setup.singleton().settings.base_url)
+    except Exception:  # noqa: BLE001  (an older or newer wandb: its documented default)
+        url = os.environ.get("WANDB_BASE_URL")
+    return str(url or "https://api.wandb.ai").rstrip("/")
+
+
+def _check_reachable(ref: str, base_url: str, timeout: float = 5.0) -> None:
+    """A TCP connection to the W&B server, within ``timeout`` seconds: no network is one line, not a hang."""
+    import socket
+
+    url = urlsplit(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise ArtifactError(f"ckpt={ref}: cannot reach the W&B server {base_url} ({err.strerror or err}); download "
+                            f"the artifact where the network is and pass ckpt=<path to its .pt file>") from err
+
+
+def _lookup_artifact(ref: str, name: str):
+    """``wandb.Api().artifact(name)`` with a deadline: a server that does not answer ends with one line."""
+    import threading
+
+    result: dict[str, Any] = {}
+
+    def lookup() -> None:
+        try:
+            import wandb
+
+            result["artifact"] = wandb.Api(timeout=20).artifact(name)
+        except Exception as err:  # noqa: BLE001  (reported below, with the reference)
+            result["error"] = err
+
+    thread = threading.Thread(target=lookup, daemon=True, name="okd-artifact-lookup")
+    thread.start()
+    thread.join(LOOKUP_TIMEOUT_S)
+    if thread.is_alive():
+        raise ArtifactError(f"ckpt={ref}: W&B did not answer within {LOOKUP_TIMEOUT_S} s; try again, or pass "
+                            f"ckpt=<path to a .pt file>")
+    if "error" in result:
+        err = result["error"]
+        message = " ".join(str(err).split()) or type(err).__name__
+        message = message if len(message) <= 200 else message[:200] + "..."
+        raise ArtifactError(f"ckpt={ref}: W&B could not give this artifact: unknown, no access, or the login failed "
+                            f"({message}); expected {ARTIFACT_SYNTAX}") from err
+    return result["artifact"]
+
+
+class ArtifactError(OkdError, ValueError):
+    """A ``ckpt=wandb:...`` reference that cannot be resolved."""
 
 
 class Progress:

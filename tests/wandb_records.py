@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -45,13 +46,26 @@ def raw_records(path: Path):
             pending = b""
 
 
+def records(path: Path, wait_s: float = 20.0) -> list:
+    """Every ``Record`` of a .wandb file. ``run.finish()`` may return before W&B's writer has flushed
+    the file's last block: wait (up to ``wait_s``) for the run's exit record, then read what is there."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = []
+        for blob in raw_records(path):
+            record = pb.Record()
+            record.ParseFromString(blob)
+            out.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in out) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
+
+
 def read_run(path: Path) -> dict:
     """{'run': Record.run, 'config': {...}, 'history': [dict], 'summary': {...}, 'metrics': {name: MetricRecord}}
     from a .wandb file (``metrics``: the ``define_metric`` declarations)."""
     out = {"run": None, "config": {}, "history": [], "summary": {}, "metrics": {}}
-    for blob in raw_records(path):
-        record = pb.Record()
-        record.ParseFromString(blob)
+    for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out["run"] = record.run

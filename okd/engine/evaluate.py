@@ -19,7 +19,8 @@ from okd.logging import atomic_write_text, console, writable_dir
 
 def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str, Any], Path]:
     if not ckpt:
-        raise ValueError("this mode needs a checkpoint: add ckpt=<path to last.pt or best.pt>")
+        raise ValueError("this mode needs a checkpoint: add ckpt=<path to last.pt or best.pt> or "
+                         "ckpt=wandb:<entity>/<project>/<artifact>:<alias>")
     path = Path(ckpt)
     trainer.setup_model(ctx)  # no optimizer, weighting, distiller or training loader: only the model
     writable_dir(Path(ctx.run_dir))  # eval.json / predictions/ land there: refused before any work
@@ -28,8 +29,10 @@ def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str
     return state, path
 
 
-def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, split: str | None) -> dict[str, Any]:
-    """Evaluate on one split (or every evaluation split); compare with the training-time numbers."""
+def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, split: str | None,
+                        source: str | None = None) -> dict[str, Any]:
+    """Evaluate on one split (or every evaluation split); compare with the training-time numbers.
+    ``source``: what ``ckpt=`` named, when not the file itself (a W&B artifact reference)."""
     state, path = _load(trainer, ctx, ckpt)
     splits = [split] if split else (trainer.eval_splits or list(ctx.data.eval_splits))
     for s in splits:
@@ -41,6 +44,8 @@ def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spl
     comparison = {s: compare_metrics(results[s], recorded.get(s)) for s in splits}
     out = {"checkpoint": str(path), "epoch": state.get("epoch"), "metrics": results,
            "matches_training_time_metrics": comparison, "comparison_tolerance": {"rel": REL_TOL, "abs": ABS_TOL}}
+    if source and source != str(ckpt):
+        out["checkpoint_ref"] = source
     if not distributed.is_main():
         return out  # under torchrun every process evaluated a shard; rank 0 reports the split
     atomic_write_text(Path(ctx.run_dir) / "eval.json", json.dumps(out, indent=2) + "\n")
@@ -49,7 +54,47 @@ def evaluate_checkpoint(trainer: Trainer, ctx: RunContext, ckpt: str | None, spl
         console.info(f"eval {s} (epoch {state.get('epoch')}): {cells}")
         console.info(f"  training-time metrics of this checkpoint: {comparison[s]}")
     console.info(f"written: {Path(ctx.run_dir) / 'eval.json'}")
+    track_evaluation(ctx, out, state, source or str(path), split)
     return out
+
+
+def track_evaluation(ctx: RunContext, out: dict[str, Any], state: dict[str, Any], ckpt: str,
+                     split: str | None) -> None:
+    """One tracker run (``mode=eval``: job type eval) after eval.json is written: config = the
+    checkpoint's method, choices and seed plus the ckpt reference, the evaluated run's tracker id and the
+    checkpoint's epoch; summary = ``<split>/<task>/<metric>`` (the training run's keys) and
+    ``checkpoint_epoch``; one table per split (``<split>/eval``: metric, value, value at training time,
+    higher is better). A tracker failure is one warning: eval.json holds every number."""
+    from okd.logging import NullLogger, tracker_config
+
+    logger = ctx.logger
+    if isinstance(logger, NullLogger):
+        return
+    config = tracker_config(state.get("config") or {}, state.get("choices") or {})
+    config.update({"ckpt": ckpt, "checkpoint": out["checkpoint"], "checkpoint_epoch": out["epoch"],
+                   "eval_split": split, "evaluated_run": state.get("wandb_id")})
+    try:
+        logger.start(Path(ctx.run_dir), config)
+    except Exception as err:  # noqa: BLE001  (the tracker's own failure, whatever its type)
+        console.warning(f"okd: warning: the tracker could not start ({type(err).__name__}: {err}); the evaluation "
+                        f"is in {Path(ctx.run_dir) / 'eval.json'}")
+        return
+    directions = {f"{t.name}/{m}": higher for t in ctx.tasks for m, higher in t.higher_is_better.items()}
+    recorded = state.get("metrics") or {}
+    try:
+        summary: dict[str, Any] = {"checkpoint_epoch": out["epoch"]}
+        tables = {}
+        for s, values in out["metrics"].items():
+            summary.update({f"{s}/{k}": v for k, v in values.items()})
+            summary[f"{s}/matches_training_time_metrics"] = out["matches_training_time_metrics"][s]
+            then = recorded.get(s) or {}
+            tables[f"{s}/eval"] = (["metric", "value", "training_time", "higher_is_better"],
+                                   [[k, v, then.get(k), directions.get(k)] for k, v in values.items()])
+        logger.log_tables(tables)
+        logger.summary(summary)
+        console.info(f"tracker: {logger.describe()}")
+    finally:
+        logger.finish(0)
 
 
 #: When recomputed metrics count as the recorded ones. Another thread count, machine or GPU kernel sums
