@@ -21,7 +21,9 @@ input ``<name>``:
   (the cell width / 15), titles wrapped rather than cut, so they stay readable at any image size.
 
 :func:`predict` yields the arrays without writing them; :func:`prediction_panels` returns the
-panels as PIL images (e.g. a few fixed images logged to W&B at evaluation time).
+panels as PIL images, :func:`prediction_views` the panels and, with segmentation, the class-id masks
+(:class:`SegmentationMasks`: the input picture with prediction and ground-truth masks and the class
+labels, which W&B draws as overlays toggleable per class); both are logged to W&B during training.
 
 Colours (fixed, so pictures of different runs compare):
 
@@ -207,11 +209,86 @@ def prediction_panels(model: torch.nn.Module, tasks: Sequence, inputs: Sequence[
                       device: str | torch.device, batch_size: int = 8, class_names: Sequence[str] | None = None,
                       depth_unit: str | None = None) -> list[tuple[str, "PIL.Image.Image"]]:
     """``(name, PIL image)`` panels without writing files (e.g. a few fixed images for W&B)."""
+    return [(v.name, v.panel) for v in prediction_views(model, tasks, inputs, device, batch_size, class_names,
+                                                        depth_unit, masks=False)]
+
+
+@dataclass
+class SegmentationMasks:
+    """An input picture with its segmentation as class-id masks, for trackers that draw them as overlays
+    toggleable per class (W&B: ``wandb.Image(image, masks=...)``, :meth:`wandb_masks`).
+
+    ``prediction`` and ``ground_truth`` are HxW uint8 class ids at the picture's size; ground-truth pixels
+    without a label carry :data:`IGNORED_MASK_ID`. ``class_labels``: id -> name for every class (the
+    dataset's class names, else ``class <id>``), plus ``ignored`` where the ground truth has such pixels.
+    """
+
+    image: np.ndarray
+    prediction: np.ndarray
+    ground_truth: np.ndarray | None
+    class_labels: dict[int, str]
+
+    def wandb_masks(self) -> dict[str, dict]:
+        masks = {"prediction": {"mask_data": self.prediction, "class_labels": self.class_labels}}
+        if self.ground_truth is not None:
+            masks["ground_truth"] = {"mask_data": self.ground_truth, "class_labels": self.class_labels}
+        return masks
+
+
+#: the mask id of ground-truth pixels without a label (masks hold 0..255)
+IGNORED_MASK_ID = 255
+
+
+def segmentation_masks(image: Tensor, pred: np.ndarray, target: np.ndarray | None, num_classes: int,
+                       class_names: Sequence[str] | None = None) -> SegmentationMasks | None:
+    """The masks of one input (None when the class ids do not fit a mask: 255 classes or more)."""
+    if num_classes >= IGNORED_MASK_ID:
+        return None
+    labels = {c: (str(class_names[c]) if class_names and c < len(class_names) else f"class {c}")
+              for c in range(num_classes)}
+    truth = None
+    if target is not None:
+        target = np.asarray(target)
+        valid = (target >= 0) & (target < num_classes)
+        truth = np.where(valid, target, IGNORED_MASK_ID).astype(np.uint8)
+        if not valid.all():
+            labels[IGNORED_MASK_ID] = "ignored"
+    return SegmentationMasks(image_to_rgb(image), np.asarray(pred).astype(np.uint8), truth, labels)
+
+
+@dataclass
+class PredictionView:
+    """What a tracker shows of one input: the panel and, with segmentation, its masks."""
+
+    name: str
+    panel: "PIL.Image.Image"
+    masks: SegmentationMasks | None = None
+
+
+def prediction_views(model: torch.nn.Module, tasks: Sequence, inputs: Sequence[PredictInput],
+                     device: str | torch.device, batch_size: int = 8, class_names: Sequence[str] | None = None,
+                     depth_unit: str | None = None, masks: bool = True) -> list[PredictionView]:
+    """The panel of every input and (``masks``, when the model segments) its :class:`SegmentationMasks`,
+    from one prediction per input."""
     names = _task_names(model, tasks)
-    return [(item.name, render_panel(item.shown_image, pred, names,
-                                     _target_arrays(item.targets, names) if item.targets else None, class_names,
-                                     depth_unit))
-            for item, pred in predict(model, names, inputs, device, batch_size)]
+    num_classes = _num_classes(model, tasks, class_names) if masks and "segmentation" in names else None
+    views = []
+    for item, pred in predict(model, names, inputs, device, batch_size):
+        targets = _target_arrays(item.targets, names) if item.targets else None
+        view = PredictionView(item.name, render_panel(item.shown_image, pred, names, targets, class_names, depth_unit))
+        if num_classes:
+            view.masks = segmentation_masks(item.shown_image, pred["segmentation"],
+                                            (targets or {}).get("segmentation"), num_classes, class_names)
+        views.append(view)
+    return views
+
+
+def _num_classes(model: torch.nn.Module, tasks: Sequence, class_names: Sequence[str] | None) -> int:
+    """The segmentation head's class count (the task's channels), else the number of class names."""
+    for task in [*tasks, *getattr(model, "tasks", [])]:
+        if not isinstance(task, str) and task.name == "segmentation" and getattr(task, "channels", None):
+            return int(task.channels)
+    return len(class_names or [])
 
 
 def predict(model: torch.nn.Module, tasks: Sequence, inputs: Sequence[PredictInput],
@@ -601,5 +678,6 @@ def _fit_text(text: str, font: int, width: float, wrap: bool = True) -> str:
 
 
 __all__ = ["PredictInput", "collect_inputs", "read_image", "resize_image", "write_predictions", "predict",
-           "prediction_panels", "palette", "panel_layout", "PanelLayout", "depth_label",
+           "prediction_panels", "prediction_views", "PredictionView", "SegmentationMasks", "segmentation_masks",
+           "IGNORED_MASK_ID", "palette", "panel_layout", "PanelLayout", "depth_label",
            "colorize_segmentation", "colorize_depth", "colorize_normal", "render_panel", "IMAGE_EXTENSIONS"]

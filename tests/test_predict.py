@@ -254,3 +254,34 @@ def test_panel_pixels_show_the_colour_bar_and_unknown_units_say_so():
         assert (np.abs(strip.astype(int) - colour).sum(axis=-1) <= 6).any()
     assert panel_layout((h, w), ["depth"]).titles[1] == "depth"  # no unit known: none claimed
     assert panel_layout((h, w), ["depth"], depth_unit="disparity").titles[1] == "depth (disparity)"
+
+
+def test_views_carry_segmentation_masks_with_class_labels(tmp_path):
+    """The masks W&B overlays: the predicted class ids of the npz, the ground truth with ignored pixels
+    as IGNORED_MASK_ID, every class labelled by name; the panel is the one written to the PNG."""
+    from okd.predict import IGNORED_MASK_ID, prediction_views
+
+    dataset = SyntheticScenes(2, height=32, width=32, seed=3, split="test")
+    model, tasks = tiny_model(num_classes=dataset.num_classes)
+    inputs = collect_inputs("split:test", {"test": dataset})
+    views = prediction_views(model, tasks, inputs, "cpu", class_names=dataset.class_names)
+    write_predictions(model, tasks, inputs, tmp_path, "cpu", class_names=dataset.class_names)
+    for i, view in enumerate(views):
+        masks = view.masks
+        with np.load(tmp_path / f"test_{i}.npz") as npz:
+            np.testing.assert_array_equal(masks.prediction, npz["segmentation"])
+            np.testing.assert_array_equal(masks.image, (np.clip(npz["image"].transpose(1, 2, 0), 0, 1) * 255 + 0.5)
+                                          .astype(np.uint8))
+        truth = dataset[i]["segmentation"].numpy()
+        np.testing.assert_array_equal(masks.ground_truth, np.where(truth < 0, IGNORED_MASK_ID, truth))
+        assert masks.prediction.dtype == np.uint8 and masks.ground_truth.dtype == np.uint8
+        named = {c: n for c, n in masks.class_labels.items() if c != IGNORED_MASK_ID}
+        assert named == dict(enumerate(dataset.class_names))
+        assert (IGNORED_MASK_ID in masks.class_labels) == bool((truth < 0).any())
+        np.testing.assert_array_equal(np.asarray(view.panel), np.asarray(Image.open(tmp_path / f"test_{i}.png")))
+        wandb_masks = masks.wandb_masks()
+        assert set(wandb_masks) == {"prediction", "ground_truth"}
+        assert wandb_masks["ground_truth"]["class_labels"] == masks.class_labels
+    # without segmentation there is nothing to mask
+    model, tasks = tiny_model(["depth"])
+    assert all(v.masks is None for v in prediction_views(model, tasks, inputs, "cpu"))
