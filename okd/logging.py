@@ -4,7 +4,10 @@
   one JSON object per epoch and split in ``metrics.jsonl`` and the final/best numbers in
   ``summary.json`` (written atomically, so a kill never leaves half a file).
 * :class:`WandbLogger` (``logger=wandb``) and :class:`NullLogger` (``logger=none``) receive the same
-  flat ``"<split>/<task>/<metric>"`` dicts.
+  flat ``"<split>/<task>/<metric>"`` dicts, the prediction panels and masks, the ``mode=eval`` tables,
+  and, after a finished fit, the checkpoint folder (``logger.log_model``: model artifacts).
+* :func:`fetch_checkpoint` resolves ``ckpt=wandb:<entity>/<project>/<artifact>:<alias>`` for
+  ``mode=eval``/``predict``, or refuses it with one line without waiting on the network.
 """
 from __future__ import annotations
 

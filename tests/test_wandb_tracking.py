@@ -226,3 +226,18 @@ def test_artifact_ref_that_cannot_be_fetched_is_one_line_and_status_2(tmp_path, 
     assert time.monotonic() - started < 60
     assert not (tmp_path / "eval" / "eval.json").exists() and not (tmp_path / "eval" / "checkpoint").exists()
     assert not (tmp_path / "eval" / "wandb").exists()
+
+
+def test_eval_of_a_run_without_tracker_is_grouped_by_its_method(tmp_path):
+    """The checkpoint of a logger=none run: the eval run is grouped and named by the checkpoint's method
+    and seed (not by the eval command's own choices), tagged with its choices."""
+    run(compose_cfg([*TINY, "logger=none", "seed=4", "weighting=dwa"]), tmp_path / "train",
+        choices={"dataset": "synthetic", "backbone": "segnet", "weighting": "dwa", "kd": "none"})
+    ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
+    run(compose_cfg([*TINY, *WANDB, "mode=eval", f"ckpt={ckpt}", "eval_split=test"]), tmp_path / "eval",
+        overrides=["eval_split=test"])
+    record = read_run(wandb_file(tmp_path / "eval"))
+    assert (record["run"].run_group, record["run"].display_name) == ("dwa", "eval dwa seed=4")
+    assert list(record["run"].tags) == ["synthetic", "segnet", "dwa", "kd-none", "eval"]
+    assert record["config"]["eval_split"] == "test" and "val/segmentation/miou" not in record["summary"]
+    assert record["summary"]["test/matches_training_time_metrics"] == "identical"
