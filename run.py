@@ -85,6 +85,9 @@ def list_sweep_jobs() -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:], moved = okd.config.moved_overrides(sys.argv[1:])  # old model-selection keys keep working
+    for note in moved:
+        print(note, file=sys.stderr)
     if (null_group := okd.config.null_group_error(sys.argv[1:])) is not None:  # `protocol=null`: Hydra's traceback
         print(null_group, file=sys.stderr)
         raise SystemExit(2)

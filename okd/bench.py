@@ -195,7 +195,7 @@ def build_framework(overrides: list[str], run_dir: Path) -> Framework:
 
     trainer, ctx = build(compose(overrides), run_dir)
     trainer.setup(ctx)
-    images, targets = trainer._to_device(next(iter(trainer.train_loader)))
+    images, targets = trainer.to_device(next(iter(trainer.train_loader)))
     ctx.model.train()
     ctx.distiller.train()
     return Framework(trainer, ctx, images, targets)

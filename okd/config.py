@@ -121,17 +121,42 @@ def overrides_dirname(overrides: Sequence[str], exclude_keys: Sequence[str], ite
     return item_sep.join(lines).replace("=", kv_sep)
 
 
-def direction(monitor: str) -> str:
-    """Optuna direction of ``trainer.monitor``: run.py returns its best value on the selection split;
-    'loss' and error metrics are minimised, mIoU / pixel accuracy / 'within' percentages maximised."""
+def direction(monitor: str, mode: str = "auto") -> str:
+    """Optuna direction of ``selection.monitor``: run.py returns its best value on the selection split;
+    with ``selection.mode=auto``, 'loss' and error metrics are minimised, mIoU / pixel accuracy / 'within'
+    percentages maximised; ``min``/``max`` say it themselves."""
+    if mode in ("min", "max"):
+        return "minimize" if mode == "min" else "maximize"
     if monitor == "loss":
         return "minimize"
     from okd.tasks import metric_directions
 
     directions = metric_directions()
     if monitor not in directions:
-        raise ValueError(f"trainer.monitor={monitor!r}: expected 'loss' or one of {sorted(directions)}")
+        raise ValueError(f"selection.monitor={monitor!r}: expected 'loss' or one of {sorted(directions)}")
     return "maximize" if directions[monitor] else "minimize"
+
+
+#: model-selection keys of earlier versions -> their one home, the selection group (conf/selection/)
+MOVED_KEYS = {"trainer.monitor": "selection.monitor", "dataset.select_split": "selection.split",
+              "delta.selection": "selection.headline", "delta.last_n": "selection.last_n"}
+
+
+def moved_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Command-line overrides with moved keys spelled the new way (``trainer.monitor=x`` ->
+    ``selection.monitor=x``, also with ``+``/``++``/``~``), and one note per rewritten key."""
+    out, notes = [], []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        prefix = key[:len(key) - len(key.lstrip("+~"))]
+        new = MOVED_KEYS.get(key[len(prefix):])
+        if new is None:
+            out.append(arg)
+            continue
+        out.append(f"{prefix.replace('+', '') if prefix.startswith('+') else prefix}{new}{sep}{value}")
+        notes.append(f"okd: {key[len(prefix):]} is now {new} (model selection has one config group, "
+                     f"conf/selection/); using {new}{sep}{value}")
+    return out, notes
 
 
 def null_group_error(args: Sequence[str]) -> str | None:
@@ -184,7 +209,7 @@ def compose(overrides: Sequence[str] = (), as_run: bool = True) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+            cfg = hydra_compose("config", overrides=moved_overrides(overrides)[0], return_hydra_config=True)
     finally:
         if not as_run:
             GlobalHydra.instance().clear()

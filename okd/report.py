@@ -60,7 +60,7 @@ TASK_ORDER = tuple(t.name for t in TASK_TYPES)
 #: command-line overrides that do not change what a run computes (or are grouped on separately).
 IGNORED_OVERRIDES = ("seed", "name", "sweep", "logger", "trainer.resume", "trainer.progress", "trainer.device",
                      "trainer.num_workers", "trainer.pin_memory", "trainer.persistent_workers",
-                     "trainer.log_every_n_steps", "delta", "reference", "dataset.tasks", "hydra")
+                     "trainer.log_every_n_steps", "delta", "selection", "reference", "dataset.tasks", "hydra")
 #: config groups whose choice is part of a method's identity (``reference`` only picks a base).
 CHOICE_GROUPS = ("dataset", "backbone", "weighting", "kd", "trainer", "experiment")
 #: "<task>/<metric>" -> (name in figures and tables, unit); "depth" stands for the dataset's depth unit.
@@ -400,7 +400,7 @@ class Report:
     no_delta: dict[str, list[RunRecord]] = field(default_factory=dict)
     #: ``trainer.monitor`` of the best-epoch selection (e.g. ``loss``), where recorded
     monitor: str | None = None
-    #: ``delta.last_n`` of ``last_n_mean`` (None when unknown or when the runs differ)
+    #: ``selection.last_n`` of ``last_n_mean`` (None when unknown or when the runs differ)
     last_n: int | None = None
 
     def selection_text(self) -> str:
@@ -476,13 +476,13 @@ def build_report(dirs: Sequence[str | Path], out: str | Path, selection: str = "
 
 
 def _last_n(rows: Sequence[MethodRow]) -> tuple[int | None, list[str]]:
-    """``delta.last_n`` of the runs and notes on methods whose runs had fewer evaluated epochs."""
+    """``selection.last_n`` of the runs and notes on methods whose runs had fewer evaluated epochs."""
     counts: dict[str, list[int]] = {}
     ns = set()
     for row in rows:
         for run in row.runs:
             sel = run.summary.selection["last_n_mean"]
-            n = sel.last_n or _config_value(run.path, ("delta", "last_n"))
+            n = sel.last_n or _config_value(run.path, ("selection", "last_n")) or _config_value(run.path, ("delta", "last_n"))
             if n is None:
                 continue
             ns.add(int(n))
@@ -499,7 +499,7 @@ def _last_n(rows: Sequence[MethodRow]) -> tuple[int | None, list[str]]:
     else:
         described = "; ".join(f"{name}: {', '.join(map(str, sorted(set(ks))))} epoch{'s' if max(ks) != 1 else ''}"
                               for name, ks in counts.items())
-    return n, [f"`last_n_mean` averages the last {n or 'delta.last_n'} evaluated epochs, but some runs are "
+    return n, [f"`last_n_mean` averages the last {n or 'selection.last_n'} evaluated epochs, but some runs are "
                f"shorter, so their numbers are the mean of all their epochs ({described})"]
 
 

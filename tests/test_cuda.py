@@ -66,7 +66,7 @@ def _ready(tmp_path: Path, device: torch.device, *extra: str):
     trainer.setup(ctx)
     ctx.model.train()
     ctx.distiller.train()
-    images, targets = trainer._to_device(next(iter(trainer.train_loader)))
+    images, targets = trainer.to_device(next(iter(trainer.train_loader)))
     return trainer, ctx, images, targets
 
 
@@ -238,9 +238,10 @@ def process_group(device, monkeypatch):
 def _ddp_trainer(trainer) -> None:
     """What Trainer.setup does under torchrun with N > 1 processes (it skips DDP for one): DDP around
     the student, no_sync for gradient-combining methods, hand-averaged gradients outside the student."""
-    trainer.world_size = 2  # the trainer's multi-process code paths; the collectives see the real group of 1
-    trainer.train_model = trainer._wrap_ddp(trainer.ctx.model)
-    trainer._hand_synced = trainer._hand_synced_parameters()
+    strategy, ctx = trainer.strategy, trainer.ctx
+    strategy.world_size = 2  # the multi-process code paths; the collectives see the real group of 1
+    trainer.train_model = strategy.wrap(ctx.model, ctx.weighting, ctx.distiller, trainer.device)
+    strategy.track_parameters(trainer.optimizer, ctx.model)
 
 
 @pytest.mark.parametrize("config", [["weighting=ew"], ["weighting=mgda"], OKD],
@@ -260,7 +261,7 @@ def test_ddp_with_one_nccl_process_trains_like_one_process(tmp_path, device, no_
     ddp, ddp_ctx, _, _ = _ready(tmp_path / "ddp", device, *extra)
     _ddp_trainer(ddp)
     assert isinstance(ddp.train_model, torch.nn.parallel.DistributedDataParallel)
-    assert ddp._manual_sync == (not isinstance(ddp_ctx.weighting, LossWeighting))
+    assert ddp.strategy.manual_sync == (not isinstance(ddp_ctx.weighting, LossWeighting))
     for _ in range(2):
         ddp.training_step(images, targets)
     expected = dict(plain_ctx.model.named_parameters())

@@ -60,8 +60,7 @@ def test_carve_is_deterministic_disjoint_and_80_20():
 
 
 def test_bundle_split_roles(pristine):
-    with pytest.raises(ValueError, match="select_split=test"):
-        build(pristine, val_fraction=0.0)
+    assert build(pristine, val_fraction=0.0).select_split is None  # no default: selection.split must say
     bundle = build(pristine, val_fraction=0.0, select_split="test")
     assert list(bundle.eval_splits) == ["test"] and len(bundle.train) == N_TRAIN
     with pytest.raises(DatasetError, match="select_split='val' is not one of its evaluation splits"):

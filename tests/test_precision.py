@@ -33,7 +33,7 @@ def _setup(tmp_path, *options):
     trainer, ctx = build(compose_cfg([*TINY, "trainer.precision=16", *options]), tmp_path)
     trainer.setup(ctx)
     batch = next(iter(trainer.train_loader))
-    return trainer, ctx, trainer._to_device(batch)
+    return trainer, ctx, trainer.to_device(batch)
 
 
 @pytest.mark.parametrize("method", ["ew", "uw", "pcgrad", "gradnorm"])

@@ -159,7 +159,7 @@ def test_command_line_overrides_name_methods_but_seed_and_logging_do_not(tmp_pat
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text(
         "- weighting=dwa\n- seed=1\n- weighting.temperature=1.0\n- logger=none\n- trainer.progress=false\n"
-        "- +trainer.epochs=3\n- delta.last_n=2\n- dataset.tasks=[segmentation,depth]\n")
+        "- +trainer.epochs=3\n- selection.last_n=2\n- dataset.tasks=[segmentation,depth]\n")
     extras = _extra_overrides(tmp_path)
     assert extras == ("trainer.epochs=3", "weighting.temperature=1.0")
     record = RunRecord(tmp_path, RunSummary(seed=1, dataset="synthetic", tasks=["segmentation", "depth"], selection={},

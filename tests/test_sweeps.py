@@ -92,7 +92,7 @@ def test_every_sweep_file_composes_with_its_parameters(name):
     assert all(o.is_sweep_override() for o in parsed), params
     if name in HPARAMS:
         assert "OptunaSweeper" in cfg.hydra.sweeper._target_ and cfg.method == "okd"
-        assert cfg.hydra.sweeper.direction == "minimize"  # trainer.monitor=loss
+        assert cfg.hydra.sweeper.direction == "minimize"  # selection.monitor=loss
         assert cfg.hydra.runtime.choices["kd"] == "okd" and cfg.weighting._target_.endswith("OTW")
         for key in params:  # every searched value exists in the job config
             assert OmegaConf.select(cfg, key) is not None, key
@@ -179,9 +179,9 @@ def test_direction_follows_the_monitor():
     assert direction("segmentation/miou") == "maximize"
     assert direction("depth/abs_err") == "minimize"
     assert direction("normal/within_11.25") == "maximize"
-    with pytest.raises(ValueError, match="trainer.monitor='depth/miou'"):
+    with pytest.raises(ValueError, match="selection.monitor='depth/miou'"):
         direction("depth/miou")
-    cfg = compose_cfg(["+sweep=hparams_okd_synthetic_segnet", "trainer.monitor=segmentation/miou"])
+    cfg = compose_cfg(["+sweep=hparams_okd_synthetic_segnet", "selection.monitor=segmentation/miou"])
     assert cfg.hydra.sweeper.direction == "maximize"
 
 
@@ -324,12 +324,12 @@ def test_submitit_local_multirun_runs_jobs_with_resume_auto(tmp_path):
 
 
 def test_optuna_multirun_optimises_the_returned_monitor_in_its_direction(tmp_path):
-    """run.py returns the best value of trainer.monitor on the selection split; the sweep file's
+    """run.py returns the best value of selection.monitor on the selection split; the sweep file's
     direction follows the monitor (an error metric: minimize) and Optuna reports the best trial.
     (The tiny runs' higher-is-better metrics are pixel counts that tie between trials; the maximize
     direction is checked on the composed config in test_direction_follows_the_monitor.)"""
     proc = okd_run(tmp_path, "-m", "+sweep=hparams_okd_synthetic_segnet", "hydra.sweeper.n_trials=2",
-                   "trainer.monitor=depth/abs_err", "kd.warmup_epochs=0", "logger=none", *TINY)
+                   "selection.monitor=depth/abs_err", "kd.warmup_epochs=0", "logger=none", *TINY)
     assert "Directions: ['minimize']" in proc.stdout
     sweep = tmp_path / "outputs" / "sweeps" / "hparams_okd_synthetic_segnet"
     trials = []  # (value run.py returned, searched parameters of the trial)

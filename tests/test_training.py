@@ -61,7 +61,7 @@ BAD_INPUTS = [  # the README's bad-input table: each case fails before training 
     (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer, got 0"),
     (["trainer.epochs=abc"], "trainer.epochs must be a positive integer, got 'abc'"),
     (["trainer.optimizer.lr=-0.1"], "trainer.optimizer/scheduler: Invalid learning rate: -0.1"),
-    (["trainer.monitor=depth/nope"], "trainer.monitor='depth/nope' is not a metric of these tasks"),
+    (["selection.monitor=depth/nope"], "selection.monitor='depth/nope' is not a metric of these tasks"),
     (["trainer.eval_splits=[nope]"], "trainer.eval_splits: 'nope' is not a split"),
     (["dataset.tasks=[depth,edges]"], r"unknown task\(s\) \['edges'\]"),
     (["dataset.tasks=[]"], "the task list is empty"),
@@ -169,7 +169,7 @@ def test_summary_records_selections_and_deltas_against_stl_runs(tmp_path):
     single = json.loads((tmp_path / "depth" / "summary.json").read_text())
     assert single["delta"]["base"] is None and "single-task" in single["delta"]["reason"]
     summary = run(compose_cfg([*TINY, "trainer.epochs=3", "dataset.tasks=[segmentation,depth]",
-                               "delta.last_n=2", f"delta.stl_runs=[{stl[0]},{stl[1]}]"]), tmp_path / "mtl")
+                               "selection.last_n=2", f"delta.stl_runs=[{stl[0]},{stl[1]}]"]), tmp_path / "mtl")
     sel = summary["selection"]
     assert sel["last"]["epoch"] == 2 and sel["last_n_mean"]["epochs"] == [1, 2]
     assert sel["best"]["chosen_on"] == "val" and sel["best"]["split"] == "test"

@@ -28,14 +28,15 @@ class DataBundle:
     eval_splits: dict[str, Dataset]
     tasks: list[str]
     num_classes: int
-    select_split: str = "val"
+    #: the default model-selection split (selection.split overrides it); None: the dataset has none
+    select_split: str | None = "val"
     report_split: str = "test"
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_tasks(self.tasks, where=f"dataset {self.name!r}")
         for role, split in (("select_split", self.select_split), ("report_split", self.report_split)):
-            if split not in self.eval_splits:
+            if split is not None and split not in self.eval_splits:
                 raise ValueError(
                     f"dataset {self.name!r}: {role}={split!r} is not one of its evaluation splits "
                     f"{sorted(self.eval_splits)}"

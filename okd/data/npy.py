@@ -97,14 +97,10 @@ def carve(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def roles(select_split: str | None, report_split: str, carved: bool) -> tuple[str, str]:
-    """(select, report): selection defaults to ``val``; selecting on ``test`` must be explicit."""
-    if select_split is None:
-        if not carved:
-            raise ValueError(
-                "dataset.val_fraction=0 leaves no validation split, and model selection on the test "
-                "split must be asked for: set dataset.select_split=test (the mtan/OKD practice) or "
-                "dataset.val_fraction>0 (default 0.2)")
+def roles(select_split: str | None, report_split: str, carved: bool) -> tuple[str | None, str]:
+    """(select, report): the default selection split is ``val`` when one was carved; without one there
+    is none, and selecting on ``test`` must be asked for (selection.split=test; okd.engine.selection)."""
+    if select_split is None and carved:
         select_split = "val"
     return select_split, report_split
 

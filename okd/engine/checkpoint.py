@@ -104,3 +104,43 @@ def check_model_state(model: torch.nn.Module, state_dict: dict[str, Any], path: 
         if items:
             lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
     raise ValueError("\n".join(lines))
+
+
+#: format version written into every checkpoint
+CHECKPOINT_VERSION = 1
+
+
+class Checkpointer:
+    """Where and when a fit saves: ``last.pt`` after every epoch (and every ``every_n_steps`` steps, or
+    when a signal stops the run mid-epoch), ``best.pt`` whenever model selection improves. Only the
+    main process writes (under DDP every process holds the same weights)."""
+
+    def __init__(self, directory: Path, every_n_steps: int = 0, enabled: bool = True) -> None:
+        self.directory, self.every_n_steps, self.enabled = Path(directory), every_n_steps, enabled
+        self.last, self.best = self.directory / "last.pt", self.directory / "best.pt"
+
+    def due(self, done: int, end: int) -> bool:
+        """A periodic mid-epoch save after ``done`` steps of an epoch that ends at step ``end``."""
+        return bool(self.every_n_steps) and done % self.every_n_steps == 0 and done < end
+
+    def save(self, state: dict[str, Any], best: bool = False) -> None:
+        if not self.enabled:
+            return
+        save_checkpoint(self.last, state)
+        if best:
+            save_checkpoint(self.best, state)
+
+    def save_mid_epoch(self, state: dict[str, Any], epoch: int, carry: dict[str, Any]) -> None:
+        """``state`` as after the previous epoch, plus how far epoch ``epoch`` got (``carry``)."""
+        if not self.enabled:
+            return
+        state["in_epoch"] = {"epoch": epoch, **{k: (v.cpu() if isinstance(v, torch.Tensor) else v)
+                                                for k, v in carry.items()}}
+        save_checkpoint(self.last, state)
+
+    def load_last(self, map_location: Any) -> dict[str, Any]:
+        if not self.last.is_file():
+            raise FileNotFoundError(
+                f"trainer.resume=true but there is no checkpoint at {self.last}; point the run at the run "
+                f"directory to resume, e.g. `python run.py trainer.resume=true hydra.run.dir=<run dir>`")
+        return load_checkpoint(self.last, map_location=map_location)

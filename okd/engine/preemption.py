@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from okd import distributed
 from okd.logging import console as log
 
 #: the signals that end a run with a checkpoint: SLURM's preemption/cancel (TERM), its time-limit warning (USR1)
@@ -30,6 +31,28 @@ class Preempted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # what a process killed by the signal reports (143 / 138)
+
+
+class SignalFlag:
+    """The pending signal of a fit (0: none): set by the handler, agreed across DDP processes so that
+    all of them stop at the same step."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signum = signum  # acted on at the end of the current step (under DDP: the next one)
+
+    def note(self, agreed: int) -> bool:
+        """Take a vote's result (also in a process that did not receive the signal itself)."""
+        if agreed:
+            self.signum = agreed
+        return bool(agreed)
+
+    def agree(self) -> int:
+        """The pending signal as every process sees it (a collective under DDP)."""
+        self.note(distributed.any_rank(self.signum))
+        return self.signum
 
 
 def install_handlers(handler: Callable[[int, Any], None]) -> dict:

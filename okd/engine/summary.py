@@ -76,9 +76,10 @@ def build(ctx: Any, *, rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any
           last: Mapping[str, Mapping[str, float]], epochs: int, device: Any, directions: Mapping[str, bool],
           skipped_steps: int, seconds: float, epoch_times: Sequence[float]) -> RunSummary:
     """The whole summary of a finished fit of ``ctx`` (an ``okd.engine.trainer.RunContext``)."""
-    chosen = selections(rows, ctx.data.report_split, best, int(ctx.delta.get("last_n", 10)))
+    chosen = selections(rows, ctx.data.report_split, best, ctx.selection.last_n)
     delta = deltas(chosen, tasks=[t.name for t in ctx.tasks], dataset=ctx.data.name,
-                   backbone=ctx.choices.get("backbone"), run_dir=ctx.run_dir, delta=ctx.delta, directions=directions)
+                   backbone=ctx.choices.get("backbone"), run_dir=ctx.run_dir,
+                   delta={**ctx.delta, "selection": ctx.selection.headline}, directions=directions)
     return RunSummary(
         run_dir=str(ctx.run_dir),
         dataset=ctx.data.name,
@@ -88,7 +89,7 @@ def build(ctx: Any, *, rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any
         epochs=epochs,
         device=str(device),
         num_parameters=ctx.model.num_parameters(),
-        select_split=ctx.data.select_split,
+        select_split=ctx.selection.split,
         report_split=ctx.data.report_split,
         depth_unit=ctx.data.info.get("depth_unit"),  # okd.report labels depth numbers with it
         final={s: dict(r) for s, r in last.items()},

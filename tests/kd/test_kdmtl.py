@@ -43,7 +43,7 @@ def test_kdmtl_trains_with_frozen_teachers_one_pass_each(tmp_path, teachers):
     ctx.model.register_forward_pre_hook(lambda *_: calls.__setitem__("student", calls["student"] + 1))
     for name, teacher in kd.frozen_teachers.items():
         teacher.register_forward_pre_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
-    images, targets = trainer._to_device(next(iter(trainer.train_loader)))
+    images, targets = trainer.to_device(next(iter(trainer.train_loader)))
     ctx.model.train()
     trainer.training_step(images, targets)
     assert calls == {"student": 1, "segmentation": 1, "depth": 1}

@@ -30,7 +30,7 @@ def _ready(tmp_path, *overrides):
     """A trainer set up for kd=okd and one batch on its device."""
     trainer, ctx = build(compose_cfg([*TINY, *overrides]), tmp_path)
     trainer.setup(ctx)
-    images, targets = trainer._to_device(next(iter(trainer.train_loader)))
+    images, targets = trainer.to_device(next(iter(trainer.train_loader)))
     ctx.model.train()
     ctx.distiller.train()
     return trainer, ctx, images, targets
