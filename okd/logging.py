@@ -260,8 +260,6 @@ class WandbLogger(Logger):
     def log_images(self, images: Mapping[str, Any], step: int) -> None:
         if self.mode == "disabled":
             return
-        import wandb
-
         self._guarded("log_images", lambda run: run.log({k: _wandb_image(v) for k, v in images.items()}, step=step))
 
     def log_tables(self, tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]) -> None:
@@ -276,8 +274,9 @@ class WandbLogger(Logger):
     def log_checkpoints(self, checkpoint_dir: Path) -> None:
         """``log_model=best``: best.pt, ``all``: best.pt and last.pt, as versions of the artifact
         ``model-<run id>`` (type ``model``) with the alias ``best``/``last`` (and W&B's own ``latest`` on
-        the newest: last.pt with ``all``); metadata: the best epoch, monitor and value, the method and the seed. Offline, the
-        artifact is stored in the offline run and uploaded by ``wandb sync``."""
+        the newest: last.pt with ``all``); metadata: the best epoch, monitor and value, the method and
+        the seed. Offline, the artifact is stored in the offline run and uploaded by ``wandb sync``.
+        A failure is one warning: the checkpoints stay where they are and the run closes normally."""
         if not self.log_model or self.mode == "disabled" or self._run is None:
             return
         wanted = ["best.pt", "last.pt"] if self.log_model == "all" else ["best.pt"]
@@ -317,8 +316,9 @@ class WandbLogger(Logger):
             logged.append(f"{file} (:{alias})")
         run.summary["model_artifact"] = name
         where = " (stored in the offline run: `wandb sync` uploads it)" if self.mode == "offline" else ""
+        entity = self.entity or getattr(run, "entity", None) or "<entity>"  # offline runs know none yet
         console.info(f"checkpoints logged to W&B as artifact {name}: {'; '.join(logged)}{where}; evaluate with "
-                     f"ckpt=wandb:<entity>/{self.project}/{name}:best")
+                     f"ckpt=wandb:{entity}/{getattr(run, 'project', None) or self.project}/{name}:{_logged_alias(files)}")
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self._guarded("summary", lambda run: run.summary.update(dict(values)))
@@ -369,6 +369,11 @@ def log_model_choice(value: Any) -> str | None:
         return value
     raise ValueError(f"logger.log_model={value!r}: expected false, best (log best.pt as a W&B artifact) or all "
                      f"(best.pt and last.pt)")
+
+
+def _logged_alias(files: Sequence[str]) -> str:
+    """The alias to evaluate a logged model by: ``best`` when best.pt was logged."""
+    return "best" if "best.pt" in files else Path(files[-1]).stem
 
 
 def _wandb_image(value: Any):
