@@ -4,7 +4,9 @@
 :class:`RunSummary`, ``RunRecorder.write_summary`` writes its :meth:`RunSummary.to_dict`), and read
 by :func:`read_summary` wherever okd needs a finished run: the comparison report (``okd/report.py``),
 the single-task bases of Δm (``okd/metrics.py``), the job list at the end of a sweep
-(``okd/launch.py``) and run.py. Nobody else reads the file's keys by string.
+(``okd/launch.py``, through the report). ``Trainer.fit`` returns the dict form; run.py
+(:func:`sweeper_value`), ``okd.gpu_check`` and the tracker's flat summary (``okd.engine.summary.flat``)
+read it back through :func:`as_summary`. No module of okd reads the file's keys by string.
 
 The JSON is the dataclasses below, field for field, in this order (``to_dict``/``from_dict`` are
 exact inverses for every summary okd writes). Optional keys that an older okd did not write load
