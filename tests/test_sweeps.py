@@ -400,7 +400,8 @@ def test_an_ad_hoc_sweep_shares_one_wandb_group_and_names_runs_by_method_and_see
     """`-m weighting=ew,dwa seed=0,1` with no preset name: one W&B group of its own (not `default`),
     run names with the method and the seed, the group choices and the method as plain config keys."""
     okd_run(tmp_path, "-m", *TINY, "logger=wandb", "weighting=ew,dwa", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sw'}")
-    runs = [read_run(p) for p in sorted((tmp_path / "sw").glob("*/wandb/offline-run-*/run-*.wandb"))]
+    runs = [read_run(p) for p in sorted((tmp_path / "sw").glob("*/wandb/offline-run-*/run-*.wandb"))
+            if p.parts[-4] != "report"]
     assert len(runs) == 4 and len({r["run"].run_group for r in runs}) == 1
     group = runs[0]["run"].run_group
     assert group.startswith("default-") and group.endswith("-sw")
@@ -410,3 +411,34 @@ def test_an_ad_hoc_sweep_shares_one_wandb_group_and_names_runs_by_method_and_see
         config = r["config"]
         assert config["method"] == config["weighting"] and config["kd"] == "none" and config["backbone"] == "segnet"
         assert config["dataset"] == "synthetic" and config["config"]["seed"] == config["seed"]
+    assert_report_run(tmp_path / "sw", group, methods=2)
+
+
+def assert_report_run(sweep: Path, group: str, methods: int) -> None:
+    """The sweep ended with its report (okd.launch.sweep_report): the files in <sweep>/report/, and one W&B
+    run of the jobs' group (job type report) with report.md's table, report.csv's numbers and the figures."""
+    import csv
+
+    out = sweep / "report"
+    for name in ("report.md", "report.csv", "report.tex", "curves.png", "curves.pdf"):
+        assert (out / name).stat().st_size > 0, name
+    (path,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    record = read_run(path)
+    assert (record["run"].run_group, record["run"].job_type) == (group, "report")
+    assert record["config"]["runs"] == 2 * methods and record["config"]["sweep_dir"] == str(sweep)
+    (row,) = record["history"]
+    assert row["comparison/_type"] == "table-file" and row["comparison/nrows"] == methods
+    assert row["figures/curves/_type"] == "image-file" and row["figures/curves/format"] == "png"
+    files = path.parent / "files"
+    assert (files / row["figures/curves/path"]).stat().st_size > 0
+    table = json.loads((files / row["comparison/path"]).read_text())
+    assert table["columns"][:3] == ["method", "tasks", "seeds"] and "Δm % ↑" in table["columns"]
+    markdown = (out / "report.md").read_text()
+    for cells in table["data"]:  # report.md's table, cell for cell
+        assert "| " + " | ".join(cells) + " |" in markdown
+    numbers = json.loads((files / row["comparison_numbers/path"]).read_text())
+    reported = {r["method"]: r for r in csv.DictReader(open(out / "report.csv"))}
+    column = numbers["columns"].index("depth/abs_err_mean")
+    assert sorted(cells[0] for cells in numbers["data"]) == sorted(reported)
+    for cells in numbers["data"]:
+        assert cells[column] == pytest.approx(float(reported[cells[0]]["depth/abs_err_mean"]))
