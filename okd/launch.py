@@ -506,7 +506,7 @@ class StagedSweeper(Sweeper):
         if not keys:
             return {}
         instance = HydraConfig.instance()
-        previous = instance.cfg
+        previous = instance.cfg  # (set_config makes this job config's hydra node read-only: it is only read)
         with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
             cfg.hydra.runtime.output_dir = str(folder)
         instance.set_config(cfg)

@@ -31,12 +31,13 @@ def tracker_settings(config: DictConfig) -> dict[str, Any] | None:
     if OmegaConf.select(config, "logger._target_") != WANDB_LOGGER:
         return None
     instance = HydraConfig.instance()
-    previous = instance.cfg
+    previous, readonly = instance.cfg, config.hydra._get_flag("readonly")
     instance.set_config(config)  # ${okd_group:...} and ${hydra:...} resolve as in the sweep
     try:
         settings = {key: OmegaConf.select(config, f"logger.{key}") for key in SHARED}
     finally:
         instance.cfg = previous
+        config.hydra._set_flag("readonly", readonly)  # set_config made Hydra's node read-only
     from okd.logging import resolve_wandb_mode
 
     return None if resolve_wandb_mode(str(settings["mode"])) == "disabled" else settings

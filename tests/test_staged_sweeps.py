@@ -142,3 +142,13 @@ def test_a_report_failure_is_one_warning(tmp_path, capsys):
     assert launch.sweep_report(tmp_path, wandb=False) is None  # no summary.json at all
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"okd: warning: no report for the sweep in {tmp_path}")
+
+
+def test_the_report_logs_to_wandb_only_where_the_jobs_do():
+    from okd.config import compose
+    from okd.report_tracker import tracker_settings
+
+    cfg = compose([f"+sweep={SWEEP}", "logger.project=p"], as_run=False)
+    assert tracker_settings(cfg) == {"project": "p", "entity": None, "group": SWEEP, "mode": "auto"}
+    assert tracker_settings(compose(["logger=none"], as_run=False)) is None
+    assert tracker_settings(compose(["logger.mode=disabled"], as_run=False)) is None
