@@ -252,7 +252,7 @@ def check_extra_loss(make: Callable[[], Weighting]) -> None:
     torch.testing.assert_close(toy.head_grad(), heads, rtol=1e-9, atol=1e-12)
 
 
-def check_round_trip(make: Callable[[], Weighting], warmup: int = 3) -> None:
+def check_round_trip(make: Callable[[], Weighting], warmup: int = 2) -> None:
     """State saved after a few steps (``after_step`` included) and loaded into a fresh method
     gives identical next steps."""
     toy = TanhToy(seed=3)
