@@ -1,0 +1,451 @@
+"""Every command of README.md's ```bash blocks runs as written, or is on SKIP with its reason.
+
+The README is parsed when the test runs, so a command added later is run too: it passes, or the test
+fails naming it until it works or is classified in SKIP. Each command runs in a scratch folder (its
+relative paths, e.g. ``outputs/2026-11-24/10-00-00``, exist there: FIXTURES), with ``/data/...`` and
+``/tmp/...`` moved into that folder, the data roots filled with the synthetic generator's files in the
+real NYUv2/Cityscapes layouts (okd.data.synthetic.write_layout; raw Cityscapes PNGs as in
+tests/test_prepare.py), and small settings appended so that it takes about a second:
+
+* ``python run.py`` (training): 1 epoch, tiny images and splits, the smallest network of its family,
+  batch 2, 1 thread, no workers, ``logger=none``; a run dir under ``runs/`` unless the command names one;
+  ``-m`` sweeps are **shrunk** (:func:`shrink_value`): a seed list keeps its first seed, an ``experiment``
+  list its single-task presets (the teachers a later KD-MTL command needs) and two others, any other list
+  its first two values; a ready sweep (``+sweep=``) gets its own lists shrunk the same way on the command
+  line (which replaces a swept key), and at most 2 Optuna trials;
+* ``mode=eval`` / ``mode=predict``: nothing but ``logger=none``, 1 thread (the checkpoint has the rest);
+* ``python -m okd.data.synthetic``: ``--n 2 --size 32x32``; ``okd.data.prepare``: ``--size 8x16`` and
+  an empty ``--out`` (its README ``--out`` holds the Cityscapes files the run commands read);
+  ``okd.bench``: one step, one round, 32x32, width 0.0625, batch 2, EW only;
+* ``export``: applied to the environment of the commands after it (README order), as in a shell.
+
+A command passes when it exits with status 0 and wrote what it promises: a training run its
+``summary.json`` (a sweep: one per job), ``mode=eval`` its ``eval.json``, ``mode=predict`` its
+``predictions/``, ``okd.report`` its ``report.md``. Commands run in a warm interpreter that forks per
+command (tests/warm_python.py): ~45 commands, 1–12 s each on a loaded 2-core machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tests.warm_python import WarmPython
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+#: Commands not run here: (regular expression searched in the command, reason). Every entry must still
+#: match a README command (test_skip_list_is_current).
+SKIP: list[tuple[str, str]] = [
+    (r"^make test$", "runs the whole suite, this test included (hours on 2 cores); CI runs it"),
+    (r"^make test-cluster$", "needs root to start a SLURM cluster; tests/cluster/ (make test-cluster) covers it"),
+    (r"^\.venv/bin/python -m pytest ", "runs another test file, which the suite runs itself"),
+    (r"^mkdir -p \$\{TORCH_HOME", "a manual download step: writes into the user's torch cache"),
+    (r"^cp resnet50-0676ba61\.pth ", "a manual download step: needs the file from download.pytorch.org (network)"),
+    (r"^(CUDA_VISIBLE_DEVICES=\S+ )?wandb (sweep|agent) ", "needs a W&B account and the network"),
+    (r"ckpt=wandb:", "a checkpoint logged to W&B: needs a W&B account, a logged run and the network"),
+    (r"hydra/launcher=okd_slurm", "needs a SLURM cluster; tests/cluster/ runs the launcher against a real one"),
+    (r"^srun ", "a SLURM job script; tests/cluster/ runs srun torchrun against a real cluster"),
+    (r"^torchrun --standalone --nproc_per_node=4 ",
+     "4 processes on 4 GPUs; tests/test_distributed.py runs torchrun with 2 CPU processes"),
+    (r"--device cuda|--preset gpu", "needs a CUDA GPU (python -m okd.gpu_check runs it on a GPU machine)"),
+]
+
+#: Relative paths the README uses as examples, made in the scratch folder before the commands run
+#: (by the commands below, in this order; the same tiny settings are appended).
+FIXTURES: list[tuple[str, list[str]]] = [
+    ("outputs/2026-11-24/10-00-00", ["run.py", "hydra.run.dir=outputs/2026-11-24/10-00-00"]),
+    ("outputs/multirun/2026-11-24/10-00-00",
+     ["run.py", "-m", "weighting=ew,dwa", "hydra.sweep.dir=outputs/multirun/2026-11-24/10-00-00"]),
+    # single-task runs of the two tasks of the multi-task runs of sweeps/mtl (--base-runs sweeps/stl/0 sweeps/stl/1)
+    ("sweeps/stl", ["run.py", "-m", "dataset.tasks=[segmentation],[depth]", "hydra.sweep.dir=sweeps/stl"]),
+    ("sweeps/mtl", ["run.py", "-m", "weighting=ew,dwa", "dataset.tasks=[segmentation,depth]", "hydra.sweep.dir=sweeps/mtl"]),
+]
+
+SYNTHETIC_TINY = ["dataset.height=32", "dataset.width=32", "dataset.train_size=4", "dataset.val_size=2",
+                  "dataset.test_size=2"]
+TRAIN_TINY = ["trainer.epochs=1", "trainer.batch_size=2", "trainer.eval_batch_size=2", "trainer.threads=1",
+              "trainer.num_workers=0", "trainer.progress=false", "trainer.log_images=0", "logger=none"]
+#: the smallest network of each family (by the backbone's _target_ module)
+BACKBONE_TINY = {
+    "okd.models.segnet": ["backbone.width=0.0625"],
+    "okd.models.resnet": ["backbone.pretrained=false", "backbone.depth=18", "backbone.width=0.0625",
+                          "backbone.layers=[2,2,2,2]", "backbone.aspp_channels=4"],  # MTAN needs 2 blocks per stage
+    "okd.models.vit": ["backbone.pretrained=false", "backbone.img_size=32", "backbone.patch_size=8",
+                       "backbone.embed_dim=16", "backbone.depth=1", "backbone.num_heads=2", "backbone.decoder_depth=1"],
+}
+for _family in ("okd.models.mtan.MTANResNet", "okd.models.cross_stitch.CrossStitchResNet"):
+    BACKBONE_TINY[_family] = BACKBONE_TINY["okd.models.resnet"]
+for _family in ("okd.models.mtan.MTANSegNet", "okd.models.cross_stitch.CrossStitchSegNet"):
+    BACKBONE_TINY[_family] = BACKBONE_TINY["okd.models.segnet"]
+#: appended to the other tools (argparse: the last value of an option wins)
+TOOL_TINY = {
+    "okd.data.synthetic": ["--n", "2", "--size", "32x32"],
+    "okd.data.prepare": ["--size", "8x16", "--out", "{scratch}/data/cityscapes_prepared"],
+    "okd.bench": ["--steps", "1", "--rounds", "1", "--warmup", "0", "--size", "32x32", "--width", "0.0625",
+                  "--batch", "2", "--threads", "1", "--eval-batches", "1"],
+}
+#: okd.bench: the training part for EW only, unless the command picks its methods
+BENCH_METHODS = ["--methods", "ew"]
+
+TIMEOUT_S = 120
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+@dataclass(frozen=True)
+class Command:
+    line: int      # README line where it starts
+    text: str      # continuation lines joined, comment removed
+    argv: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"README.md:{self.line}: {self.text}"
+
+
+def readme_commands(path: Path = README) -> list[Command]:
+    """The commands of every ```bash block, in order: one per line (``\\`` continuations joined), comments
+    and blank lines dropped."""
+    commands, lines, i = [], path.read_text().splitlines(), 0
+    while i < len(lines):
+        fence = re.match(r"^\s*```(\w*)\s*$", lines[i])
+        i += 1
+        if not fence:
+            continue
+        start, body = i, []
+        while i < len(lines) and not re.match(r"^\s*```\s*$", lines[i]):
+            body.append(lines[i])
+            i += 1
+        i += 1
+        if fence.group(1) != "bash":
+            continue
+        k = 0
+        while k < len(body):
+            first, text = start + k + 1, body[k]
+            while text.rstrip().endswith("\\") and k + 1 < len(body):
+                k += 1
+                text = text.rstrip()[:-1] + " " + body[k].strip()
+            k += 1
+            try:
+                argv = tuple(shlex.split(text, comments=True))
+            except ValueError as err:
+                raise AssertionError(f"README.md:{first}: cannot split {text!r} as a shell command: {err}") from None
+            if argv:
+                commands.append(Command(first, " ".join(argv), argv))
+    return commands
+
+
+def skip_reason(command: Command) -> str | None:
+    for pattern, reason in SKIP:
+        if re.search(pattern, command.text):
+            return reason
+    return None
+
+
+# ------------------------------------------------------------------------------------------- data trees
+def write_data(scratch: Path) -> None:
+    """/data/... of the README (moved into ``scratch``): synthetic files in the real layouts."""
+    from okd.data.synthetic import write_layout
+
+    from tests.test_prepare import write_raw
+
+    data = scratch / "data"
+    write_layout(data / "nyuv2", "nyuv2", n_train=5, n_val=2, height=32, width=32)
+    write_layout(data / "cityscapes", "cityscapes", n_train=5, n_val=2, height=32, width=64)
+    # AdaShare's release is 256x512 and is read with dataset.resize_to: here twice the size read
+    write_layout(data / "cityscapes_adashare", "cityscapes", n_train=5, n_val=2, height=64, width=128)
+    write_raw(data / "cityscapes_raw")
+
+
+def write_photos(folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (40, 30)), ("b.jpg", (32, 32))):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / name)
+
+
+# ------------------------------------------------------------------------------------- rewriting argv
+def localise(arg: str, scratch: Path) -> str:
+    """``/data/x`` and ``/tmp/x`` inside ``scratch``; ``.../best.pt`` is the example run's checkpoint."""
+    arg = re.sub(r"(?<![\w.~$}])/(data|tmp)/", lambda m: f"{scratch}/{m.group(1)}/", arg)
+    return arg.replace(".../best.pt", "outputs/2026-11-24/10-00-00/checkpoints/best.pt")
+
+
+def override_value(args: list[str], key: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0].lstrip("+~") == key and "=" in a]
+    return values[-1] if values else None
+
+
+def shrink_value(override: str) -> str:
+    """A swept list of ``-m``, shrunk: ``seed`` keeps its first value; ``experiment`` its single-task presets
+    (stl_*: KD-MTL's teachers, which a later command needs) and its first two others; any other list its first
+    two values. Anything else (one value, Optuna's ranges) is kept."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([override])[0]
+    if not parsed.is_sweep_override() or "(" in override:
+        return override
+    values = list(parsed.sweep_string_iterator())
+    key = parsed.key_or_group
+    if key == "seed":
+        values = values[:1]
+    elif key == "experiment":
+        values = [v for v in values if v.startswith("stl_")] + [v for v in values if not v.startswith("stl_")][:2]
+    else:
+        values = values[:2]
+    return f"{override.split('=', 1)[0]}={','.join(values)}"
+
+
+def shrink_sweep(overrides: list[str], swept: dict[str, str]) -> list[str]:
+    """The overrides of a ``-m`` command, shrunk (:func:`shrink_value`), with the lists a ready sweep
+    (conf/sweep/) sweeps (``swept``: ``hydra.sweeper.params``) shrunk on the command line, which replaces them."""
+    out = [shrink_value(o) for o in overrides]
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    for key, value in swept.items():
+        if key not in given and shrink_value(f"{key}={value}") != f"{key}={value}":
+            out.append(shrink_value(f"{key}={value}"))
+    return out
+
+
+def first_job(args: list[str]) -> list[str]:
+    """The overrides of a sweep's first job (each swept list: its first value), to compose it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for override in OverridesParser.create().parse_overrides(list(args)):
+        if override.is_sweep_override():
+            prefix = override.input_line.split("=", 1)[0]
+            out.append(f"{prefix}={next(iter(override.sweep_string_iterator()))}")
+        else:
+            out.append(override.input_line)
+    return out
+
+
+def run_py_args(args: list[str], scratch: Path, env: dict[str, str], index: int) -> tuple[list[str], dict]:
+    """A ``python run.py`` command with its tiny settings appended, and what it must write."""
+    if any(a in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for a in args):
+        return args, {"kind": "print"}
+    multirun = "-m" in args or "--multirun" in args
+    overrides = [a for a in args if not a.startswith("-")]
+    from okd.config import compose
+
+    saved = dict(os.environ)
+    os.environ.update(env)  # OKD_*_ROOT from an `export` of the README
+    try:
+        cfg = compose(first_job(overrides), as_run=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    if multirun:
+        overrides = shrink_sweep(overrides, dict(OmegaConfSelect(cfg, "hydra.sweeper.params") or {}))
+        args = [a for a in args if a.startswith("-")] + overrides
+    mode = str(cfg.get("mode", "train"))
+    extra = ["trainer.threads=1", "logger=none"]
+    if mode == "train":
+        extra = list(TRAIN_TINY)
+        if cfg.dataset._target_ == "okd.data.synthetic.build":
+            extra += SYNTHETIC_TINY
+        if override_value(overrides, "dataset.resize_to") is not None:
+            extra.append("dataset.resize_to=[32,64]")
+        target = str(cfg.backbone._target_)
+        tiny = BACKBONE_TINY.get(target) or BACKBONE_TINY.get(target.rsplit(".", 1)[0])
+        assert tiny is not None, f"no tiny settings for backbone {target} in tests/test_readme.py BACKBONE_TINY"
+        # a sweep's base config (composed before its swept overrides, e.g. experiment=...) may have another
+        # backbone: ++ sets the key there too; every job's own backbone has these keys
+        extra += [f"++{t}" for t in tiny] if multirun else tiny
+        if multirun and OmegaConfSelect(cfg, "hydra.sweeper.n_trials") is not None:
+            extra.append("hydra.sweeper.n_trials=2")
+    named = any(a.split("=", 1)[0] in ("hydra.run.dir", "hydra.sweep.dir") for a in overrides)
+    sweep_file = any(a.startswith("+sweep=") for a in overrides)
+    if multirun and not named and not sweep_file:
+        extra.append(f"hydra.sweep.dir=runs/{index}")
+    elif not multirun and not named and not sweep_file:
+        extra.append(f"hydra.run.dir=runs/{index}")
+    expect = {"kind": mode, "multirun": multirun}
+    return args + extra, expect
+
+
+def OmegaConfSelect(cfg, key):  # noqa: N802  (OmegaConf.select without importing omegaconf at module level)
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key)
+
+
+# ------------------------------------------------------------------------------------------- checking
+def new_files(scratch: Path, name: str, since: float) -> list[Path]:
+    return [p for p in scratch.rglob(name) if p.stat().st_mtime >= since]
+
+
+def check_outputs(expect: dict, scratch: Path, since: float, output: str) -> str | None:
+    """What a command that exited with 0 must have written; None when it did."""
+    kind = expect["kind"]
+    if kind == "print":
+        return None if output.strip() else "printed nothing"
+    if kind == "train":
+        if expect["multirun"]:
+            # Hydra writes every job's .hydra/ when it starts it, also a finished job that a ready sweep only
+            # summarises again
+            jobs = [p.parent.parent for p in new_files(scratch, "overrides.yaml", since)]
+            if not jobs:
+                return "started no job"
+            missing = [str(j) for j in jobs if not (j / "summary.json").is_file()]
+            if missing:
+                return f"sweep jobs without summary.json: {missing}"
+        summaries = new_files(scratch, "summary.json", since)
+        if not summaries and not expect["multirun"]:
+            return "wrote no summary.json"
+        for path in summaries:
+            summary = json.loads(path.read_text())
+            if summary.get("epochs") != 1:
+                return f"{path}: epochs {summary.get('epochs')!r}, expected 1 (the tiny settings did not apply)"
+        return None
+    if kind == "eval":
+        return None if new_files(scratch, "eval.json", since) else "wrote no eval.json"
+    if kind == "predict":
+        return None if new_files(scratch, "*.npz", since) else "wrote no predictions/*.npz"
+    if kind == "report":
+        return None if new_files(scratch, "report.md", since) else "wrote no report.md"
+    if kind == "file":  # --out DIR (files matching pattern in it) or --json FILE
+        path, pattern = expect["path"], expect["pattern"]
+        found = new_files(path, pattern, since) if pattern else [path] if path.is_file() and path.stat().st_mtime >= since else []
+        return None if found else f"wrote nothing at {path}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_readme_has_commands():
+    commands = readme_commands()
+    texts = [c.text for c in commands]
+    assert len(commands) >= 30, texts
+    assert "python run.py experiment=smoke" in texts
+    # continuation lines are joined into one command
+    assert any(t.startswith("python run.py experiment=kdmtl kd.teachers.segmentation=") and "kd.teachers.normal=" in t
+               for t in texts), texts
+
+
+def test_skip_list_is_current():
+    """A SKIP entry that matches no README command any more is stale: remove it."""
+    texts = [c.text for c in readme_commands()]
+    stale = [pattern for pattern, _ in SKIP if not any(re.search(pattern, t) for t in texts)]
+    assert not stale, f"tests/test_readme.py SKIP: these patterns match no README command any more: {stale}"
+
+
+def test_parser_reads_blocks(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("text\n```bash\npython run.py a=1 \\\n    b=2   # comment\n\n# only a comment\n```\n"
+                      "```\npython not_bash.py\n```\n```bash\nexport X=1\n```\n")
+    commands = readme_commands(readme)
+    assert [(c.line, c.argv) for c in commands] == [(3, ("python", "run.py", "a=1", "b=2")), (12, ("export", "X=1"))]
+
+
+def test_tiny_settings_rewrite():
+    assert shrink_sweep(["weighting=ew,dwa,uw", "seed=0,1,2"], {}) == ["weighting=ew,dwa", "seed=0"]
+    assert shrink_sweep(["+sweep=x", "experiment=ew,okd"], {"experiment": "stl_depth,ew,dwa,uw", "seed": "0,1,2"}) == \
+        ["+sweep=x", "experiment=ew,okd", "seed=0"]
+    assert shrink_sweep(["+sweep=x"], {"experiment": "stl_depth,stl_normal,ew,dwa,uw"}) == \
+        ["+sweep=x", "experiment=stl_depth,stl_normal,ew,dwa"]
+    assert shrink_value("dataset.tasks=[segmentation],[depth],[normal]") == "dataset.tasks=[segmentation],[depth]"
+    assert shrink_value("weighting.temperature=tag(log, interval(0.02, 2.0))") == \
+        "weighting.temperature=tag(log, interval(0.02, 2.0))"
+    assert first_job(["experiment=ew,okd", "dataset.tasks=[segmentation],[depth]"]) == \
+        ["experiment=ew", "dataset.tasks=[segmentation]"]
+    scratch = Path("/s")
+    assert localise("dataset.root=/data/nyuv2", scratch) == "dataset.root=/s/data/nyuv2"
+    assert localise("ckpt=.../best.pt", scratch) == "ckpt=outputs/2026-11-24/10-00-00/checkpoints/best.pt"
+    assert localise("${TORCH_HOME:-~/.cache/torch}/hub", scratch) == "${TORCH_HOME:-~/.cache/torch}/hub"
+
+
+def test_readme_commands_run(tmp_path):
+    """Each README command runs (status 0, its outputs written) or is on SKIP; failures are listed together."""
+    scratch = tmp_path
+    write_data(scratch)
+    write_photos(scratch / "photos")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OKD_NYUV2_ROOT", "OKD_CITYSCAPES_ROOT"))}
+    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"})
+    env.pop("PYTEST_CURRENT_TEST", None)
+    failures, ran, skipped = [], [], []
+    started = time.monotonic()
+    with WarmPython(logs=tmp_path / ".logs") as py:
+        def run(argv: list[str], index: int) -> str | None:
+            """Run one command; None when it passed, else why not."""
+            expect: dict = {"kind": "print"}
+            argv = [localise(a, scratch) for a in argv]
+            if argv[0] == "run.py":
+                try:
+                    argv, expect = run_py_args(argv[1:], scratch, env, index)
+                except Exception as err:  # noqa: BLE001  (Hydra refuses to compose it: reported with the command)
+                    return f"cannot compose its config to choose the tiny settings: {type(err).__name__}: {err}"
+                argv = [str(ROOT / "run.py"), *argv]
+            elif argv[0] == "-m":
+                module = argv[1]
+                tiny = [t.format(scratch=scratch) for t in TOOL_TINY.get(module, [])]
+                if module == "okd.bench" and "--methods" not in argv:
+                    tiny += BENCH_METHODS
+                argv = [*argv, *tiny]
+                expect = {"kind": "report" if module == "okd.report" else "print"}
+                for option, pattern in (("--out", "*.npy"), ("--json", "")):
+                    if option in argv and module != "okd.report":  # the last one counts (argparse)
+                        expect = {"kind": "file", "path": scratch / argv[len(argv) - 1 - argv[::-1].index(option) + 1],
+                                  "pattern": pattern}
+            since = time.time() - 1
+            result = py.run(argv, cwd=scratch, env=env, timeout=TIMEOUT_S)
+            if result.timed_out:
+                return f"did not finish in {TIMEOUT_S} s"
+            if result.returncode != 0:
+                return f"exit status {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}"
+            return check_outputs(expect, scratch, since, result.stdout + result.stderr)
+
+        for n, (_, argv) in enumerate(FIXTURES):
+            why = run(list(argv), 1000 + n)
+            assert why is None, f"tests/test_readme.py FIXTURES {argv}: {why}"
+
+        for index, command in enumerate(readme_commands()):
+            reason = skip_reason(command)
+            if reason:
+                skipped.append(f"{command}  [skipped: {reason}]")
+                continue
+            argv, t0 = list(command.argv), time.monotonic()
+            if argv[0] == "export":
+                for item in argv[1:]:
+                    key, _, value = item.partition("=")
+                    env[key] = localise(value, scratch)
+                ran.append(str(command))
+                continue
+            if argv[:2] == ["make", "run"]:
+                if subprocess.run(["make", "-q", "-C", str(ROOT), "install"], capture_output=True).returncode != 0:
+                    skipped.append(f"{command}  [skipped: .venv was not installed by `make install`, so make would "
+                                   f"pip install first (network)]")
+                    continue
+                why = run_make(argv, scratch, env, index)
+            elif argv[0] == "python":
+                why = run(argv[1:], index)
+            else:
+                why = ("not a command this test knows how to run: run it (python ..., make run, export) or add it "
+                       "to SKIP in tests/test_readme.py with the reason")
+            (failures.append(f"{command}\n  {why}") if why else ran.append(f"{command}  [{time.monotonic() - t0:.1f} s]"))
+    elapsed = time.monotonic() - started
+    print(f"\n{len(ran)} README commands ran, {len(skipped)} skipped, in {elapsed:.0f} s")
+    print("\n".join(["ran:", *ran, "skipped:", *skipped]))
+    assert not failures, (f"{len(failures)} README command(s) failed (fix the command or the code, or add it to "
+                          f"SKIP in tests/test_readme.py with the reason):\n\n" + "\n\n".join(failures))
+
+
+def run_make(argv: list[str], scratch: Path, env: dict[str, str], index: int) -> str | None:
+    """``make run``: the Makefile's own command, with the tiny settings in ARGS."""
+    args = [*TRAIN_TINY, *SYNTHETIC_TINY, *BACKBONE_TINY["okd.models.segnet"], f"hydra.run.dir={scratch}/runs/{index}"]
+    extra = [a for a in argv[2:]]
+    since = time.time() - 1
+    proc = subprocess.run(["make", "-s", "-C", str(ROOT), *extra, "run", f"ARGS={' '.join(args)}"], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    if proc.returncode != 0:
+        return f"exit status {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    return check_outputs({"kind": "train", "multirun": False}, scratch, since, proc.stdout)
