@@ -141,6 +141,9 @@ BAD_INPUT_CLI = {  # case: (arguments given the trained run dir and a scratch di
         lambda t, tmp: ["mode=eval", f"ckpt={t / 'checkpoints' / 'best.pt'}", "backbone.width=0.125"],
         r"checkpoint \S+best\.pt does not match the model built from this config:"),
     "mode=eval without ckpt": (lambda t, tmp: ["mode=eval"], r"this mode needs a checkpoint: add ckpt="),
+    "a config group set to null (Hydra would give a traceback)": (
+        lambda t, tmp: ["experiment=okd", "protocol=null"],
+        r"protocol=null: a config group takes the name of one of its options .*use protocol=none \(or '~protocol'"),
     "mode=nope": (lambda t, tmp: ["mode=nope"], r"mode='nope': expected one of \['train', 'eval', 'predict'\]"),
     "unreadable image in mode=predict": (
         lambda t, tmp: ["mode=predict", f"ckpt={t / 'checkpoints' / 'best.pt'}",
