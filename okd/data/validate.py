@@ -51,7 +51,8 @@ def resolve_root(root, dataset: str, example: str) -> Path:
         raise DatasetError(
             f"{dataset}: dataset.root is not set: found null; expected the folder of the {dataset} "
             f"download, e.g. `python run.py {example}`, or once for every command: `export "
-            f"{root_variable(dataset)}=<folder>` (downloads and layouts: {DATA_DOCS})")
+            f"{root_variable(dataset)}=<folder>`; a preset (experiment=...) without the download: add protocol=none "
+            f"(the synthetic scenes) (downloads and layouts: {DATA_DOCS})")
     path = Path(os.path.expanduser(str(root)))
     if not path.exists():
         raise problem(dataset, "dataset.root does not exist", path, "no such file or directory",
