@@ -9,12 +9,17 @@ variants that take other code paths (``toys.METHODS``).
   the heads (docs/weighting.md#the-interface);
 * a checkpoint round trip continues exactly as the uninterrupted method
   (docs/weighting.md#state-and-checkpoints);
-* each YAML targets its class and lists every argument with the class default.
+* each YAML targets its class and lists every argument with the class default;
+* a NaN for any float argument is refused when the method is built, with the message format of
+  okd/weighting/arguments.py naming the argument.
 
 Each method's own test file checks its formula: hand cases, the worked examples of
 docs/weighting.md and the gradients it writes on the toy.
 """
 from __future__ import annotations
+
+import inspect
+import math
 
 import pytest
 import torch
@@ -46,6 +51,12 @@ DESCENT_STEPS = 10
 #: rule of their own, tested in their files)
 PLAIN_GRADIENT = [n for n in NAMES if isinstance(m := METHODS[n](), GradientWeighting)
                   and type(m).backward is GradientWeighting.backward]
+#: every class of conf/weighting/, once
+CLASSES = sorted({get_class(OmegaConf.load(CONF / f"{o}.yaml")["_target_"]) for o in OPTIONS},
+                 key=lambda cls: cls.__name__)
+#: (class, argument) for every argument whose default is a float
+FLOAT_ARGUMENTS = [(cls, name) for cls in CLASSES for name, p in inspect.signature(cls).parameters.items()
+                   if isinstance(p.default, float)]
 
 
 def test_every_option_is_a_method():
@@ -96,3 +107,9 @@ def test_checkpoint_round_trip_continues_the_run(name):
 def test_yaml_lists_every_argument_with_its_default(option):
     target = OmegaConf.load(CONF / f"{option}.yaml")["_target_"]
     assert_yaml_matches_defaults(option, get_class(target))
+
+
+@pytest.mark.parametrize("cls, argument", FLOAT_ARGUMENTS, ids=lambda x: getattr(x, "__name__", x))
+def test_a_nan_argument_is_refused_by_name(cls, argument):
+    with pytest.raises(ValueError, match=f"^{cls.__name__}: {argument} must be .*, got nan$"):
+        cls(**{argument: math.nan})
