@@ -11,6 +11,10 @@ tests compare against values computed with them:
 
 Both bind the shared layer as GradNorm's last shared layer. Every number comes from a local
 ``torch.Generator`` (no global seeding).
+
+Also here: one step / training / checkpoint helpers, the checks every method passes (``check_*``,
+run by test_properties.py), and ``METHODS``, every option of conf/weighting/ plus the variants that
+take other code paths, by name (test_properties.py, test_loss_scaling.py).
 """
 from __future__ import annotations
 
