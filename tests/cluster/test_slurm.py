@@ -262,3 +262,23 @@ def test_srun_torchrun_inside_an_sbatch_script_saves_and_requeues_on_usr1(cluste
     assert "SIGUSR1 received: saved" in log and "resuming from" in log, (tmp_path / "ddp.out").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert "x 2 processes (DDP)" in log and summary["epochs"] == 2
+
+
+def test_a_paper_sweep_is_one_command_with_kdmtl_in_a_second_job_array(cluster, tmp_path):
+    """`+sweep=paper_*` on SLURM: the staged sweeper submits the single-task teachers as one job array, and
+    KD-MTL as a second array only once they have finished; the sweep ends with the report."""
+    proc = cluster.sweep(tmp_path, "+sweep=paper_synthetic_segnet", "experiment=kdmtl_sweep,stl_segmentation,stl_depth,"
+                         "stl_normal", "seed=0", *TRAIN, "trainer.epochs=1", "logger=none",
+                         "hydra.launcher.cpus_per_task=1")
+    out = finish(proc, tmp_path)
+    arrays = [int(a) for a in re.findall(r"job array (\d+) submitted", out)]
+    assert len(arrays) == 2 and arrays[0] < arrays[1], out
+    assert "okd.slurm: submitting 3 job(s)" in out and "okd.slurm: submitting 1 job(s)" in out
+    sweep = tmp_path / "sweep"
+    (kdmtl,) = sweep.glob("*experiment=kdmtl_sweep*")
+    started = (kdmtl / ".hydra" / "overrides.yaml").stat().st_mtime
+    for task in ("segmentation", "depth", "normal"):
+        (teacher,) = sweep.glob(f"*experiment=stl_{task},*")
+        assert (teacher / "summary.json").stat().st_mtime <= started
+    assert json.loads((kdmtl / "summary.json").read_text())["epochs"] == 1
+    assert (sweep / "report" / "report.md").is_file() and "# okd comparison report" in out
