@@ -175,10 +175,12 @@ def _yaml_draws(cfg) -> torch.Tensor:
 
 
 def test_yaml_seed_follows_the_run_seed_unless_set():
-    one, two = (compose(["weighting=rlw", f"seed={seed}"], as_run=False) for seed in (1, 2))
-    draws = _yaml_draws(one)
-    assert torch.equal(draws, _yaml_draws(one))  # same run seed, same draws
-    assert torch.equal(draws, _draws(_rlw(seed=1), 5))
-    assert not torch.equal(_yaml_draws(two), draws)
-    two.weighting.seed = 1  # what the override weighting.seed=1 sets
-    assert torch.equal(_yaml_draws(two), draws)
+    cfg = compose(["weighting=rlw", "seed=1"], as_run=False)
+    one = _yaml_draws(cfg)
+    assert torch.equal(one, _yaml_draws(cfg))  # same run seed, same draws
+    assert torch.equal(one, _draws(_rlw(seed=1), 5))
+    cfg.seed = 2  # the run's seed, which ${seed} reads when the weighting is built
+    assert torch.equal(_yaml_draws(cfg), _draws(_rlw(seed=2), 5))
+    assert not torch.equal(_yaml_draws(cfg), one)
+    cfg.weighting.seed = 1  # what the override weighting.seed=1 sets
+    assert torch.equal(_yaml_draws(cfg), one)
