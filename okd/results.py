@@ -47,20 +47,20 @@ class MissingSummary(SummaryError, FileNotFoundError):
     """No ``summary.json`` where one was expected."""
 
 
-def _omit_none(obj: Any, always: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of a dataclass in order, without those that are None (except ``always``)."""
-    return {f.name: getattr(obj, f.name) for f in fields(obj)
-            if getattr(obj, f.name) is not None or f.name in always}
+def _omit_none(obj: Any) -> dict[str, Any]:
+    """The fields of a dataclass in order, without those that are None (not written)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if getattr(obj, f.name) is not None}
 
 
 def _floats(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of a ``<task>/<metric> -> number`` map ({} for None)."""
     return dict(values or {})
 
 
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Best:
-    """``best``: the trainer's best epoch, chosen on the selection split by ``trainer.monitor``."""
+    """``best``: the trainer's best epoch, chosen on the selection split by the monitored key."""
 
     epoch: int  #: the best epoch (0-based)
     split: str  #: the split it was chosen on (``select_split``)
