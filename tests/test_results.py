@@ -240,7 +240,7 @@ def docs_table() -> str:
 
 def test_docs_list_every_key_of_summary_json():
     """docs/metrics.md "What is in summary.json" is the table generated from okd/results.py's field comments."""
-    text = (ROOT / "docs" / "metrics.md").read_text()
+    text = (ROOT / "docs/metrics.md").read_text()
     assert "## What is in summary.json" in text
     section = text.split("## What is in summary.json", 1)[1].split("\n## ", 1)[0]
     assert docs_table() in section, "docs/metrics.md is out of date: python -m tests.test_results prints the table"
