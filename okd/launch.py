@@ -354,6 +354,8 @@ def sweep_report(root: Path, selection: str | None = None, wandb: dict[str, Any]
     (:class:`SweepSummary`); ``wandb=None`` or False: no W&B run."""
     from okd import report as rp
 
+    if not next(root.rglob("summary.json"), None):
+        return None  # no job finished (or none started): the closing screen says why; nothing to compare
     selection = selection or _SWEEP_SETTINGS.get("selection") or "best"
     settings = _SWEEP_SETTINGS.get("wandb") if wandb is True else (wandb or None)
     out = root / REPORT_DIR

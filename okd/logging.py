@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from okd.errors import OkdError
@@ -153,6 +153,16 @@ class Logger:
 
 #: the config groups whose chosen option every tracker run carries as a plain config key
 CHOICE_KEYS = ("dataset", "backbone", "weighting", "kd", "experiment")
+
+
+def tracked_metrics(tasks: Sequence[str], splits: Iterable[str], directions: Mapping[str, bool]) -> dict[str, bool]:
+    """Every per-epoch key a fit sends the tracker, with its direction (higher is better?): the
+    training losses, and per evaluation split the losses and every metric of the tasks."""
+    out = {f"train/loss/{n}": False for n in tasks}
+    for split in splits:
+        out.update({f"{split}/loss": False, **{f"{split}/loss/{n}": False for n in tasks}})
+        out.update({f"{split}/{metric}": higher for metric, higher in directions.items()})
+    return out
 
 
 def tracker_config(config: Mapping[str, Any], choices: Mapping[str, Any], method: str | None = None) -> dict:

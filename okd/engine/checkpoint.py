@@ -144,3 +144,55 @@ class Checkpointer:
                 f"trainer.resume=true but there is no checkpoint at {self.last}; point the run at the run "
                 f"directory to resume, e.g. `python run.py trainer.resume=true hydra.run.dir=<run dir>`")
         return load_checkpoint(self.last, map_location=map_location)
+
+
+def training_state(trainer: Any, epoch: int) -> dict[str, Any]:
+    """What a checkpoint after ``epoch`` holds: the union of the states of ``trainer``'s parts (model,
+    optimizer, scheduler, weighting, precision, distiller, RNG, selection) and the run's facts that an
+    exact resume, mode=eval and mode=predict need."""
+    ctx = trainer.ctx
+    return {
+        "version": CHECKPOINT_VERSION, "epoch": epoch, "model": ctx.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "weighting": ctx.weighting.checkpoint_state(), "grad_scaler": trainer.amp.state_dict(),
+        "distiller": ctx.distiller.checkpoint_state(), "rng": rng_state(),
+        **ctx.selection.state_dict(),  # "best": the best epoch so far
+        "skipped_steps": trainer.skipped_steps,  # nan_policy=skip: steps dropped so far in the run
+        "wandb_id": ctx.logger.run_id,
+        "tasks": [t.name for t in ctx.tasks], "num_classes": ctx.data.num_classes, "choices": dict(ctx.choices),
+        "metrics": {s: dict(r) for s, r in trainer.last_rows.items()},
+        # the run's resolved config: a resume continues with it (okd/app.py), mode=eval/predict
+        # rebuild the model from its dataset and backbone without other flags
+        "config": ctx.config, "overrides": list(ctx.overrides),
+        "class_names": list(ctx.data.info.get("class_names") or []),
+    }
+
+
+def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
+    """Put :func:`training_state`'s ``state`` back into every part of ``trainer`` (a resume)."""
+    ctx = trainer.ctx
+    load_model_weights(ctx, state, trainer.checkpoints.last)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scheduler is not None and state["scheduler"] is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    ctx.weighting.load_checkpoint_state(state["weighting"])
+    trainer.amp.load_state_dict(state.get("grad_scaler"))
+    ctx.distiller.load_checkpoint_state(state["distiller"])
+    set_rng_state(state["rng"])
+    ctx.selection.load_state_dict(state)
+    trainer.skipped_steps = int(state.get("skipped_steps", 0))
+    trainer.recorder.truncate_after(state["epoch"])
+    trainer._in_epoch = state.get("in_epoch")  # a mid-epoch checkpoint: where that epoch continues
+
+
+def load_model_weights(ctx: Any, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's weights into ``ctx.model``, with every mismatch named."""
+    names = [t.name for t in ctx.tasks]
+    if state.get("tasks") != names:
+        raise ValueError(f"checkpoint {path} was trained on tasks {state.get('tasks')}; this run has {names} "
+                         f"(set dataset.tasks to match)")
+    check_model_state(ctx.model, state["model"], path,
+                      {**state.get("choices", {}), "num_classes": state.get("num_classes")},
+                      {**ctx.choices, "num_classes": ctx.data.num_classes} if ctx.choices else None)
+    ctx.model.load_state_dict(state["model"])

@@ -10,8 +10,11 @@ import torch
 from okd.logging import console, format_epoch_table
 
 
-def info(message: str) -> None:
-    console.info(message)
+def resuming(path: Path, state: Mapping[str, Any]) -> None:
+    """Where a resumed run continues: after an epoch, or inside one (a mid-epoch checkpoint)."""
+    inside = state.get("in_epoch")
+    where = f"in epoch {inside['epoch']} after step {inside['step']}" if inside else f"after epoch {state['epoch']}"
+    console.info(f"resuming from {path} {where}")
 
 
 def announce(ctx: Any, device: torch.device, world_size: int, start_epoch: int, epochs: int) -> None:

@@ -37,3 +37,25 @@ def default_threads(env: Mapping[str, str] | None = None) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def place_model(model: torch.nn.Module, device: torch.device, *, channels_last: bool = False,
+                cudnn_benchmark: bool = True, deterministic: bool = False) -> torch.nn.Module:
+    """Move ``model`` to ``device`` in the memory format asked for, and set the kernel choices."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    model = model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        # static shapes (fixed-size datasets): let cuDNN pick the fastest kernels once
+        torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+    return model
+
+
+def compile_forward(module: torch.nn.Module, options: Mapping) -> torch.nn.Module:
+    """``torch.compile`` a forward pass for static shapes (``trainer.compile``: its arguments)."""
+    try:
+        return torch.compile(module, **{"dynamic": False, **options})
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"trainer.compile={dict(options)}: torch.compile rejected it: {err}") from err

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from okd import distributed
-from okd.engine.checkpoint import load_checkpoint
+from okd.engine.checkpoint import load_checkpoint, load_model_weights
 from okd.engine.trainer import RunContext, Trainer
 from okd.logging import atomic_write_text, console, writable_dir
 
@@ -25,7 +25,7 @@ def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str
     trainer.setup_model(ctx)  # no optimizer, weighting, distiller or training loader: only the model
     writable_dir(Path(ctx.run_dir))  # eval.json / predictions/ land there: refused before any work
     state = load_checkpoint(path, map_location=trainer.device)
-    trainer.load_model_state(state, path)
+    load_model_weights(ctx, state, path)
     return state, path
 
 

@@ -2,6 +2,7 @@
 epoch and step (the last good checkpoint is kept); ``skip`` drops such a step before it changes anything."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +29,13 @@ class NanPolicy:
             raise FloatingPointError(
                 f"non-finite training loss in epoch {epoch}: {where}; stopping. The last good checkpoint is "
                 f"{last_checkpoint} (trainer.nan_policy=skip skips such steps instead)")
+
+    def check_means(self, losses: Sequence[float], tasks: Sequence[str], epoch: int, last_checkpoint: Path) -> None:
+        """An epoch's mean training losses (host values): a non-finite one stops the run under either policy."""
+        for name, value in zip(tasks, losses):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"the training loss of task {name!r} is {value} in epoch {epoch}; stopping "
+                                         f"(last good checkpoint: {last_checkpoint})")
 
     def step_is_finite(self, losses: Tensor, optimizer: torch.optim.Optimizer, scaled: bool) -> bool:
         """Under ``skip``: are this step's losses and gradients finite? (The one per-step host sync this

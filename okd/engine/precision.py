@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Any
 
 import torch
@@ -55,6 +57,13 @@ class Precision:
         stepped = not found_inf(self.scaler, optimizer)
         self.scaler.step(optimizer)  # skips the step when a gradient overflowed
         return stepped
+
+    def step_scheduler(self, scheduler: Any) -> None:
+        """An epoch's LR step. fp16: GradScaler may skip every step of an epoch (while it finds its
+        scale); PyTorch then warns that the scheduler stepped before the optimizer, which is expected."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            scheduler.step()
 
     def update(self) -> None:
         """After every optimizer of the step has stepped: the next scale."""

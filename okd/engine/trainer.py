@@ -3,21 +3,12 @@
 The trainer knows no method by name. Per step it runs ONE student forward pass, computes the task
 losses, asks the distiller for its extra loss (teachers train there), lets the weighting perform the
 backward pass, and steps the optimizer. Per-step values stay on the device; the host syncs once per
-epoch (and every ``log_every_n_steps`` for the progress bar).
-
-Each other concern has its own part, named after it (docs/architecture.md):
-precision (``Precision``), the distributed strategy (``Strategy``), preemption (``SignalFlag``,
-``Preempted``), the non-finite policy (``NanPolicy``), checkpointing (``Checkpointer``), model
-selection (``ModelSelection``, from the run context), the summary (``okd.engine.summary``), the console
-(``okd.engine.console``), prediction panels (``okd.engine.panels``), loaders (``make_loader``) and the
-checks across objects (``check_run``).
+epoch (and every ``log_every_n_steps`` for the progress bar). Every other concern is a part in its
+own module of okd/engine/, named after it (docs/architecture.md#where-things-live).
 """
 from __future__ import annotations
 
-import math
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,49 +17,25 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from okd import distributed
-from okd.data.base import DataBundle
 from okd.engine import console, preemption, summary
-from okd.engine.checkpoint import (CHECKPOINT_VERSION, Checkpointer, check_model_state, rng_state,
-                                   seed_everything, set_rng_state)
-from okd.engine.checks import check_run
-from okd.engine.device import default_threads, select_device
+from okd.engine.checkpoint import Checkpointer, load_training_state, seed_everything, training_state
+from okd.engine.checks import check_run, check_settings
+from okd.engine.context import RunContext
+from okd.engine.evaluation import evaluate_split
+from okd.engine.device import compile_forward, default_threads, place_model, select_device
 from okd.engine.loaders import make_loader
 from okd.engine.nan_policy import NanPolicy
+from okd.engine.optimizer import build_optimizer
 from okd.engine.panels import log_panels
 from okd.engine.precision import Precision
 from okd.engine.preemption import Preempted, SignalFlag
-from okd.engine.selection import ModelSelection
 from okd.engine.strategy import Strategy
 from okd.errors import OkdError
-from okd.kd.base import Distiller, NoDistillation
-from okd.logging import Logger, MemoryRecorder, NullLogger, Progress, RunRecorder, tracker_config, writable_dir
+from okd.logging import (MemoryRecorder, NullLogger, Progress, RunRecorder, tracked_metrics, tracker_config,
+                         writable_dir)
 from okd.models.base import MultiTaskModel
-from okd.tasks import Task, metric_directions
-from okd.weighting.base import BoundModel, Weighting
-
-
-@dataclass
-class RunContext:
-    """Everything a fit needs besides the trainer's own settings (built by okd.app)."""
-
-    model: MultiTaskModel
-    tasks: list[Task]
-    data: DataBundle
-    weighting: Weighting
-    run_dir: Path
-    distiller: Distiller = field(default_factory=NoDistillation)
-    logger: Logger = field(default_factory=NullLogger)
-    #: which epoch is the run's model and which selection is the headline (conf/selection/)
-    selection: ModelSelection = field(default_factory=ModelSelection)
-    seed: int = 0
-    config: dict = field(default_factory=dict)
-    choices: dict = field(default_factory=dict)
-    #: builds a fresh network of the configured backbone for a task list (teachers, STL baselines)
-    build_model: Callable[[Sequence[Task]], MultiTaskModel] | None = None
-    #: the single-task base of Δm: stl_runs, reference (conf: delta)
-    delta: dict = field(default_factory=dict)
-    #: the run's command-line overrides (saved in checkpoints: a resume compares its own with them)
-    overrides: list = field(default_factory=list)
+from okd.tasks import metric_directions
+from okd.weighting.base import BoundModel
 
 
 class Trainer:
@@ -83,26 +50,9 @@ class Trainer:
                  log_images: int = 4, precision: str | int = 32, channels_last: bool = False,
                  cudnn_benchmark: bool = True, compile: bool | Mapping[str, Any] = False,
                  threads: int | None = None) -> None:
-        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("log_every_n_steps", log_every_n_steps),
-                            ("eval_batch_size", eval_batch_size or 1)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"trainer.{name} must be a positive integer, got {value!r}")
-        if num_workers < 0:
-            raise ValueError(f"trainer.num_workers must be >= 0, got {num_workers}")
-        if not isinstance(checkpoint_every_n_steps, int) or checkpoint_every_n_steps < 0:
-            raise ValueError(f"trainer.checkpoint_every_n_steps must be an integer >= 0 (0: at epoch ends "
-                             f"only), got {checkpoint_every_n_steps!r}")
-        if not isinstance(log_images, int) or log_images < 0:
-            raise ValueError(f"trainer.log_images must be an integer >= 0, got {log_images!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"trainer.threads must be a positive integer or null (null: what the machine or "
-                             f"launcher gives this job: OMP_NUM_THREADS, SLURM's cpus-per-task, the usable cores), "
-                             f"got {threads!r}")
-        if resume not in (True, False, "auto"):
-            raise ValueError(f"trainer.resume must be true, false or auto, got {resume!r}")
-        if not isinstance(compile, (bool, Mapping)):
-            raise ValueError(f"trainer.compile must be true, false or a dict of torch.compile arguments "
-                             f"(e.g. {{mode: max-autotune}}), got {compile!r}")
+        check_settings(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                       log_every_n_steps=log_every_n_steps, checkpoint_every_n_steps=checkpoint_every_n_steps,
+                       log_images=log_images, threads=threads, resume=resume, compile=compile)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size or batch_size
         self.loader_settings = {"num_workers": num_workers, "pin_memory": pin_memory,
@@ -142,14 +92,8 @@ class Trainer:
         if not self.is_main:
             ctx.logger = NullLogger()  # rank 0 logs for the whole job
         seed_everything(ctx.seed)
-        if self.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        model = ctx.model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            # static shapes (fixed-size datasets): let cuDNN pick the fastest kernels once
-            torch.backends.cudnn.benchmark = self.cudnn_benchmark and not self.deterministic
+        model = place_model(ctx.model, self.device, channels_last=self.channels_last,
+                            cudnn_benchmark=self.cudnn_benchmark, deterministic=self.deterministic)
         self.amp.setup(self.device)
         self.eval_model: nn.Module = model
         self.directions = metric_directions(ctx.tasks)
@@ -170,16 +114,13 @@ class Trainer:
         ctx.weighting.to(self.device)
         ctx.distiller.setup(model, ctx.tasks, self.device, build_model=ctx.build_model)
         self.train_model = self.strategy.wrap(model, ctx.weighting, ctx.distiller, self.device)
-        if self.compile is not None:
-            self._compile()
+        if self.compile is not None:  # the forward passes of training and evaluation
+            self.train_model, self.eval_model = compile_forward(self.train_model, self.compile), compile_forward(
+                model, self.compile)
         ctx.distiller.grad_scaler = self.amp.scaler  # fp16: one GradScaler for everything the step updates
-        try:
-            self.optimizer = self.optimizer_factory([{"params": [p for p in model.parameters() if p.requires_grad]}]
-                                                    + ctx.distiller.student_param_groups() + ctx.weighting.param_groups())
-            self.scheduler = self.scheduler_factory(self.optimizer) if self.scheduler_factory else None
-        except (ValueError, TypeError) as err:  # torch's own checks: "Invalid learning rate: -1.0", ...
-            raise ValueError(f"trainer.optimizer/scheduler: {err} (see conf/trainer/default.yaml for valid "
-                             f"settings: lr >= 0, weight_decay >= 0, ...)") from err
+        self.optimizer, self.scheduler = build_optimizer(self.optimizer_factory, self.scheduler_factory, [
+            {"params": [p for p in model.parameters() if p.requires_grad]}, *ctx.distiller.student_param_groups(),
+            *ctx.weighting.param_groups()])
         self.strategy.track_parameters(self.optimizer, model)
         self.recorder = RunRecorder(writable_dir(Path(ctx.run_dir))) if self.is_main else MemoryRecorder()
         self.checkpoints = Checkpointer(Path(ctx.run_dir) / "checkpoints", self.checkpoint_every_n_steps, self.is_main)
@@ -187,14 +128,6 @@ class Trainer:
         self.train_loader = make_loader(ctx.data.train, self.batch_size, shuffle=True, seed=ctx.seed,
                                         device=self.device, drop_last=self.drop_last, **self.loader_settings)
         self.eval_loaders = {s: self.eval_loader(s) for s in splits}
-
-    def _compile(self) -> None:
-        """torch.compile the forward passes (training and evaluation; static shapes)."""
-        try:
-            self.train_model = torch.compile(self.train_model, **{"dynamic": False, **self.compile})
-            self.eval_model = torch.compile(self.ctx.model, **{"dynamic": False, **self.compile})
-        except (TypeError, RuntimeError) as err:
-            raise ValueError(f"trainer.compile={self.compile}: torch.compile rejected it: {err}") from err
 
     def eval_loader(self, split: str) -> DataLoader:
         """The loader of one evaluation split (under DDP: this process's shard of it)."""
@@ -208,7 +141,7 @@ class Trainer:
         resumed = self.resume is True or (self.resume == "auto" and self.checkpoints.last.is_file())
         start_epoch, wandb_id = self._restore() if resumed else (0, None)
         ctx.logger.start(Path(ctx.run_dir), tracker_config(ctx.config, ctx.choices), resume_id=wandb_id,
-                         metrics=self._tracked_metrics())
+                         metrics=tracked_metrics([t.name for t in ctx.tasks], self.eval_loaders, self.directions))
         if self.is_main:
             console.announce(ctx, self.device, self.world_size, start_epoch, self.epochs)
         if not resumed:  # a resume in epoch 0 has warmed up already: its teachers are in the checkpoint
@@ -253,11 +186,7 @@ class Trainer:
         ctx.weighting.on_epoch_end(epoch, train_losses, ctx.distiller.reference_losses())
         kd_logs = ctx.distiller.on_epoch_end(epoch)
         if self.scheduler is not None:
-            with warnings.catch_warnings():
-                # fp16: GradScaler may skip every step of an epoch (while it finds its scale); PyTorch
-                # then warns that the scheduler stepped before the optimizer, which is expected here
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-                self.scheduler.step()
+            self.amp.step_scheduler(self.scheduler)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
@@ -276,17 +205,14 @@ class Trainer:
         log_panels(ctx.logger, ctx.model, ctx.tasks, ctx.data, self.device, self.log_images, epoch)
         improved = ctx.selection.update(epoch, rows)
         if self.is_main:
-            self.checkpoints.save(self.state_dict(epoch), best=improved)
+            self.checkpoints.save(training_state(self, epoch), best=improved)
             console.epoch_table(ctx, epoch, self.epochs, rows, epoch_time, ctx.selection.label() if improved else None)
         return epoch_time
 
     def _train_row(self, epoch: int, losses: Tensor, weights: Tensor, skipped: int, kd_logs: dict) -> dict:
         names = [t.name for t in self.ctx.tasks]
         losses, weights = losses.tolist(), weights.tolist()
-        for name, value in zip(names, losses):
-            if not math.isfinite(value):
-                raise FloatingPointError(f"the training loss of task {name!r} is {value} in epoch {epoch}; stopping "
-                                         f"(last good checkpoint: {self.checkpoints.last})")
+        self.nan.check_means(losses, names, epoch, self.checkpoints.last)
         row = {f"loss/{n}": v for n, v in zip(names, losses)} | {f"weight/{n}": w for n, w in zip(names, weights)}
         row.update(kd_logs)
         row.update(self.ctx.weighting.epoch_logs())
@@ -336,7 +262,7 @@ class Trainer:
             if signalled or self.checkpoints.due(done, end):
                 self.nan.check(state["first_bad"], names, epoch, self.checkpoints.last)
                 if self.is_main:
-                    self.checkpoints.save_mid_epoch(self.state_dict(epoch - 1), epoch, state)
+                    self.checkpoints.save_mid_epoch(training_state(self, epoch - 1), epoch, state)
                 if signalled:
                     raise Preempted(self.signal.signum, epoch, done)
         self.signal.note(vote.drain())  # the last step's vote; fit() acts on it after the epoch
@@ -389,31 +315,16 @@ class Trainer:
             return distributed.average(losses)
         return recompute
 
-    @torch.inference_mode()
     def evaluate(self, loader: DataLoader, split: str = "eval") -> dict[str, float]:
-        """Task losses and split-level metrics of the current model on one split."""
-        model, tasks = self.eval_model, self.ctx.tasks
+        """Task losses, their mean (``loss``) and split-level metrics of the current model on one split."""
         self.ctx.model.eval()
-        metrics = {t.name: t.metric() for t in tasks}
-        loss_sum = torch.zeros(len(tasks), device=self.device, dtype=torch.float64)
-        count = 0
-        for batch in loader:
-            images, targets = self.to_device(batch)
+
+        def predict(images: Tensor) -> Mapping[str, Tensor]:
             with self.amp.autocast():
-                out = model(images)
-            out.predictions.update({k: v.float() for k, v in out.predictions.items()})
-            for i, t in enumerate(tasks):
-                pred, target = out.predictions[t.name], targets[t.name]
-                loss_sum[i] += t.loss(pred, target).double() * images.shape[0]
-                metrics[t.name].update(pred, target)
-            count += images.shape[0]
-        # under DDP: every process evaluated its shard; summing the accumulators gives the split's numbers
-        count = distributed.reduce_evaluation_(loss_sum, count, metrics.values())
-        row: dict[str, float] = {}
-        for i, t in enumerate(tasks):
-            row[f"loss/{t.name}"] = float(loss_sum[i] / max(count, 1))
-            row.update({f"{t.name}/{m}": v for m, v in metrics[t.name].compute().items()})
-        row["loss"] = sum(row[f"loss/{t.name}"] for t in tasks) / len(tasks)
+                return self.eval_model(images).predictions
+
+        row = evaluate_split(predict, self.ctx.tasks, map(self.to_device, loader), self.device)
+        row["loss"] = sum(row[f"loss/{t.name}"] for t in self.ctx.tasks) / len(self.ctx.tasks)
         return row
 
     def to_device(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -423,63 +334,11 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, {t.name: batch[t.name].to(self.device, non_blocking=nb) for t in self.ctx.tasks}
 
-    def _tracked_metrics(self) -> dict[str, bool]:
-        """Every per-epoch key the tracker receives with its direction (higher is better?)."""
-        names = [t.name for t in self.ctx.tasks]
-        out = {f"train/loss/{n}": False for n in names}
-        for split in self.eval_loaders:
-            out.update({f"{split}/loss": False, **{f"{split}/loss/{n}": False for n in names}})
-            out.update({f"{split}/{metric}": higher for metric, higher in self.directions.items()})
-        return out
-
-    # -- state: the union of the parts' states ---------------------------------------------------------
-    def state_dict(self, epoch: int) -> dict[str, Any]:
-        """The checkpoint after ``epoch``: everything an exact resume, mode=eval and mode=predict need."""
-        ctx = self.ctx
-        return {
-            "version": CHECKPOINT_VERSION, "epoch": epoch, "model": ctx.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "weighting": ctx.weighting.checkpoint_state(), "grad_scaler": self.amp.state_dict(),
-            "distiller": ctx.distiller.checkpoint_state(), "rng": rng_state(),
-            **ctx.selection.state_dict(), "skipped_steps": self.skipped_steps, "wandb_id": ctx.logger.run_id,
-            "tasks": [t.name for t in ctx.tasks], "num_classes": ctx.data.num_classes, "choices": dict(ctx.choices),
-            "metrics": {s: dict(r) for s, r in self.last_rows.items()},
-            # the run's resolved config: a resume continues with it (okd/app.py), mode=eval/predict
-            # rebuild the model from its dataset and backbone without other flags
-            "config": ctx.config, "overrides": list(ctx.overrides),
-            "class_names": list(ctx.data.info.get("class_names") or []),
-        }
-
     def _restore(self) -> tuple[int, str | None]:
-        """Load last.pt into every part; returns the first epoch to run and the tracker's run id."""
+        """Load last.pt into every part (okd/engine/checkpoint.py); returns the first epoch to run and
+        the tracker's run id."""
         state = self.checkpoints.load_last(self.device)
-        self.load_model_state(state, self.checkpoints.last)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.ctx.weighting.load_checkpoint_state(state["weighting"])
-        self.amp.load_state_dict(state.get("grad_scaler"))
-        self.ctx.distiller.load_checkpoint_state(state["distiller"])
-        set_rng_state(state["rng"])
-        self.ctx.selection.load_state_dict(state)
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.recorder.truncate_after(state["epoch"])
-        self._in_epoch = state.get("in_epoch")
-        where = (f"in epoch {self._in_epoch['epoch']} after step {self._in_epoch['step']}" if self._in_epoch
-                 else f"after epoch {state['epoch']}")
+        load_training_state(self, state)
         if self.is_main:
-            console.info(f"resuming from {self.checkpoints.last} {where}")
+            console.resuming(self.checkpoints.last, state)
         return state["epoch"] + 1, state.get("wandb_id")
-
-    def load_model_state(self, state: dict[str, Any], path: Path) -> None:
-        """Load a checkpoint's weights into the model, with every mismatch named."""
-        ctx, names = self.ctx, [t.name for t in self.ctx.tasks]
-        if state.get("tasks") != names:
-            raise ValueError(f"checkpoint {path} was trained on tasks {state.get('tasks')}; this run has {names} "
-                             f"(set dataset.tasks to match)")
-        check_model_state(ctx.model, state["model"], path,
-                          {**state.get("choices", {}), "num_classes": state.get("num_classes")},
-                          {**ctx.choices, "num_classes": ctx.data.num_classes} if ctx.choices else None)
-        ctx.model.load_state_dict(state["model"])
-

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from okd import distributed
 from okd.kd.afd import VARIANTS, AdaptiveFeatureDistillation, check_stages, default_stages, stage_key
+from okd.engine.evaluation import evaluate_split
 from okd.kd.base import Distiller
 from okd.logging import console
 from okd.models.base import ModelOutput, MultiTaskModel
@@ -284,28 +285,14 @@ class OnlineDistillation(Distiller):
             self.teachers.eval()
         return logs
 
-    @torch.inference_mode()
     def evaluate(self, loader: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
         """Each teacher's loss and metrics on a split: the single-task baseline of this run."""
         was_training = self.teachers.training
         self.teachers.eval()
-        metrics = {t.name: t.metric() for t in self.tasks}
-        loss_sum = torch.zeros(len(self.tasks), device=self.device, dtype=torch.float64)
-        count = 0
-        for batch in loader:
-            images, targets = self._to_device(batch)
-            n = images.shape[0]
-            for i, t in enumerate(self.tasks):
-                pred = self.teachers[t.name](images).predictions[t.name]
-                loss_sum[i] += t.loss(pred, targets[t.name]).double() * n
-                metrics[t.name].update(pred, targets[t.name])
-            count += n
+        row = evaluate_split(lambda images: {t.name: self.teachers[t.name](images).predictions[t.name]
+                                             for t in self.tasks},
+                             self.tasks, map(self._to_device, loader), self.device, prefix="teacher/")
         self.teachers.train(was_training and self.teachers_update)
-        count = distributed.reduce_evaluation_(loss_sum, count, metrics.values())  # DDP: shards -> split
-        row: dict[str, float] = {}
-        for t, loss in zip(self.tasks, (loss_sum / max(count, 1)).tolist()):
-            row[f"teacher/loss/{t.name}"] = loss
-            row.update({f"teacher/{t.name}/{m}": v for m, v in metrics[t.name].compute().items()})
         return row
 
     def _to_device(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
