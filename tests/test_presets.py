@@ -30,7 +30,7 @@ def test_preset_runs(tmp_path, nyu_root, experiment, extra):
     summary = run(cfg, tmp_path, choices={"backbone": cfg.hydra.runtime.choices["backbone"]})
     assert summary["dataset"] == "NYUv2" and summary["epochs"] == 1
     if experiment.startswith("okd"):
-        assert summary["delta"]["base"]["source"].startswith("teachers")
+        assert summary["delta"]["base"]["kind"] == "teachers"
 
 
 # ------------------------------------------------------------------ protocol=none: any preset on synthetic scenes
