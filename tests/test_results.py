@@ -272,6 +272,7 @@ def test_no_other_module_defines_directions_or_matches_a_base_by_its_prose():
         text = path.read_text()
         if ROOT / "okd" in path.parents and path.name != "tasks.py":  # no table of directions, no list of the tasks
             assert "higher_is_better = {" not in text and "(Segmentation, Depth, Normal)" not in text, path
+            assert ".higher_is_better.items()" not in text, f"{path}: use okd.tasks.metric_directions"
         if path.name != "test_results.py":
             assert not prose.search(text), path
 

@@ -15,6 +15,7 @@ from okd import distributed
 from okd.engine.checkpoint import load_checkpoint, load_model_weights
 from okd.engine.trainer import RunContext, Trainer
 from okd.logging import atomic_write_text, console, writable_dir
+from okd.tasks import metric_directions
 
 
 def _load(trainer: Trainer, ctx: RunContext, ckpt: str | None) -> tuple[dict[str, Any], Path]:
@@ -79,7 +80,7 @@ def track_evaluation(ctx: RunContext, out: dict[str, Any], state: dict[str, Any]
         console.warning(f"okd: warning: the tracker could not start ({type(err).__name__}: {err}); the evaluation "
                         f"is in {Path(ctx.run_dir) / 'eval.json'}")
         return
-    directions = {f"{t.name}/{m}": higher for t in ctx.tasks for m, higher in t.higher_is_better.items()}
+    directions = metric_directions(ctx.tasks)
     recorded = state.get("metrics") or {}
     try:
         summary: dict[str, Any] = {"checkpoint_epoch": out["epoch"]}
