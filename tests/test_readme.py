@@ -8,16 +8,18 @@ real NYUv2/Cityscapes layouts (okd.data.synthetic.write_layout; raw Cityscapes P
 tests/test_prepare.py), and small settings appended so that it takes about a second:
 
 * ``python run.py`` (training): 1 epoch, tiny images and splits, the smallest network of its family,
-  batch 2, 1 thread, no workers, ``logger=none``; a run dir under ``runs/`` unless the command names one;
+  batch 2, 1 thread, no workers, ``logger=none``, OKD's teachers 1 warm-up epoch (single runs); a run dir under ``runs/`` unless the command names one;
   ``-m`` sweeps are **shrunk** (:func:`shrink_value`): a seed list keeps its first seed, an ``experiment``
-  list its single-task presets (the teachers a later KD-MTL command needs) and two others, any other list
+  list its single-task presets, its KD-MTL presets (which need those as teachers) and one other, any other list
   its first two values; a ready sweep (``+sweep=``) gets its own lists shrunk the same way on the command
   line (which replaces a swept key), and at most 2 Optuna trials;
 * ``mode=eval`` / ``mode=predict``: nothing but ``logger=none``, 1 thread (the checkpoint has the rest);
-* ``python -m okd.data.synthetic``: ``--n 2 --size 32x32``; ``okd.data.prepare``: ``--size 8x16`` and
+* ``python -m okd.data.synthetic``: ``--n 5 --size 32x32``; ``okd.data.prepare``: ``--size 8x16`` and
   an empty ``--out`` (its README ``--out`` holds the Cityscapes files the run commands read);
   ``okd.bench``: one step, one round, 32x32, width 0.0625, batch 2, EW only;
-* ``export``: applied to the environment of the commands after it (README order), as in a shell.
+* ``make run``: the Makefile's recipe (``make -n run ARGS=<the tiny settings>``), run like ``python run.py``;
+* ``export``: applied to the environment of the commands after it (README order), as in a shell;
+  ``VAR=value command``: to that command only.
 
 A command passes when it exits with status 0 and wrote what it promises: a training run its
 ``summary.json`` (a sweep: one per job), ``mode=eval`` its ``eval.json``, ``mode=predict`` its
@@ -64,10 +66,10 @@ SKIP: list[tuple[str, str]] = [
 FIXTURES: list[tuple[str, list[str]]] = [
     ("outputs/2026-11-24/10-00-00", ["run.py", "hydra.run.dir=outputs/2026-11-24/10-00-00"]),
     ("outputs/multirun/2026-11-24/10-00-00",
-     ["run.py", "-m", "weighting=ew,dwa", "hydra.sweep.dir=outputs/multirun/2026-11-24/10-00-00"]),
+     ["run.py", "-m", "weighting=ew", "hydra.sweep.dir=outputs/multirun/2026-11-24/10-00-00"]),
     # single-task runs of the two tasks of the multi-task runs of sweeps/mtl (--base-runs sweeps/stl/0 sweeps/stl/1)
     ("sweeps/stl", ["run.py", "-m", "dataset.tasks=[segmentation],[depth]", "hydra.sweep.dir=sweeps/stl"]),
-    ("sweeps/mtl", ["run.py", "-m", "weighting=ew,dwa", "dataset.tasks=[segmentation,depth]", "hydra.sweep.dir=sweeps/mtl"]),
+    ("sweeps/mtl", ["run.py", "-m", "weighting=ew", "dataset.tasks=[segmentation,depth]", "hydra.sweep.dir=sweeps/mtl"]),
 ]
 
 SYNTHETIC_TINY = ["dataset.height=32", "dataset.width=32", "dataset.train_size=4", "dataset.val_size=2",
@@ -88,7 +90,7 @@ for _family in ("okd.models.mtan.MTANSegNet", "okd.models.cross_stitch.CrossStit
     BACKBONE_TINY[_family] = BACKBONE_TINY["okd.models.segnet"]
 #: appended to the other tools (argparse: the last value of an option wins)
 TOOL_TINY = {
-    "okd.data.synthetic": ["--n", "2", "--size", "32x32"],
+    "okd.data.synthetic": ["--n", "5", "--size", "32x32"],
     "okd.data.prepare": ["--size", "8x16", "--out", "{scratch}/data/cityscapes_prepared"],
     "okd.bench": ["--steps", "1", "--rounds", "1", "--warmup", "0", "--size", "32x32", "--width", "0.0625",
                   "--batch", "2", "--threads", "1", "--eval-batches", "1"],
@@ -187,8 +189,7 @@ def override_value(args: list[str], key: str) -> str | None:
 
 def shrink_value(override: str) -> str:
     """A swept list of ``-m``, shrunk: ``seed`` keeps its first value; ``experiment`` its single-task presets
-    (stl_*: KD-MTL's teachers, which a later command needs) and its first two others; any other list its first
-    two values. Anything else (one value, Optuna's ranges) is kept."""
+    (stl_*: KD-MTL's teachers), its KD-MTL presets and its first other one; any other list its first two values. Anything else (one value, Optuna's ranges) is kept."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides([override])[0]
@@ -199,7 +200,8 @@ def shrink_value(override: str) -> str:
     if key == "seed":
         values = values[:1]
     elif key == "experiment":
-        values = [v for v in values if v.startswith("stl_")] + [v for v in values if not v.startswith("stl_")][:2]
+        needs = ("stl_", "kdmtl")  # KD-MTL (the staged paper sweeps) trains after its single-task teachers
+        values = [v for v in values if v.startswith(needs)] + [v for v in values if not v.startswith(needs)][:1]
     else:
         values = values[:2]
     return f"{override.split('=', 1)[0]}={','.join(values)}"
@@ -262,6 +264,8 @@ def run_py_args(args: list[str], scratch: Path, env: dict[str, str], index: int)
         # a sweep's base config (composed before its swept overrides, e.g. experiment=...) may have another
         # backbone: ++ sets the key there too; every job's own backbone has these keys
         extra += [f"++{t}" for t in tiny] if multirun else tiny
+        if not multirun and OmegaConfSelect(cfg, "kd.warmup_epochs") is not None:  # a sweep may mix kd options
+            extra.append("kd.warmup_epochs=1")  # OKD's teachers: 1 warm-up epoch, not 5
         if multirun and OmegaConfSelect(cfg, "hydra.sweeper.n_trials") is not None:
             extra.append("hydra.sweeper.n_trials=2")
     named = any(a.split("=", 1)[0] in ("hydra.run.dir", "hydra.sweep.dir") for a in overrides)
@@ -292,11 +296,14 @@ def check_outputs(expect: dict, scratch: Path, since: float, output: str) -> str
         return None if output.strip() else "printed nothing"
     if kind == "train":
         if expect["multirun"]:
-            # Hydra writes every job's .hydra/ when it starts it, also a finished job that a ready sweep only
-            # summarises again
+            # the end-of-sweep screen (README "Sweeps and launchers") lists every job of the sweep's folder, also
+            # those that a ready sweep launched again only summarises
+            screen = re.search(r"^sweep (\S+): (\d+) job\(s\), (\d+) done", output, re.MULTILINE)
+            if screen is None:
+                return "printed no end-of-sweep screen (`sweep <dir>: N job(s), N done ...`)"
+            if int(screen.group(2)) == 0 or screen.group(2) != screen.group(3):
+                return f"not every job of the sweep is done: {screen.group(0)}"
             jobs = [p.parent.parent for p in new_files(scratch, "overrides.yaml", since)]
-            if not jobs:
-                return "started no job"
             missing = [str(j) for j in jobs if not (j / "summary.json").is_file()]
             if missing:
                 return f"sweep jobs without summary.json: {missing}"
@@ -350,9 +357,9 @@ def test_parser_reads_blocks(tmp_path):
 def test_tiny_settings_rewrite():
     assert shrink_sweep(["weighting=ew,dwa,uw", "seed=0,1,2"], {}) == ["weighting=ew,dwa", "seed=0"]
     assert shrink_sweep(["+sweep=x", "experiment=ew,okd"], {"experiment": "stl_depth,ew,dwa,uw", "seed": "0,1,2"}) == \
-        ["+sweep=x", "experiment=ew,okd", "seed=0"]
-    assert shrink_sweep(["+sweep=x"], {"experiment": "stl_depth,stl_normal,ew,dwa,uw"}) == \
-        ["+sweep=x", "experiment=stl_depth,stl_normal,ew,dwa"]
+        ["+sweep=x", "experiment=ew", "seed=0"]
+    assert shrink_sweep(["+sweep=x"], {"experiment": "stl_depth,stl_normal,ew,dwa,uw,kdmtl_sweep"}) == \
+        ["+sweep=x", "experiment=stl_depth,stl_normal,kdmtl_sweep,ew"]
     assert shrink_value("dataset.tasks=[segmentation],[depth],[normal]") == "dataset.tasks=[segmentation],[depth]"
     assert shrink_value("weighting.temperature=tag(log, interval(0.02, 2.0))") == \
         "weighting.temperature=tag(log, interval(0.02, 2.0))"
@@ -375,7 +382,7 @@ def test_readme_commands_run(tmp_path):
     failures, ran, skipped = [], [], []
     started = time.monotonic()
     with WarmPython(logs=tmp_path / ".logs") as py:
-        def run(argv: list[str], index: int) -> str | None:
+        def run(argv: list[str], index: int, env: dict[str, str] = env) -> str | None:
             """Run one command; None when it passed, else why not."""
             expect: dict = {"kind": "print"}
             argv = [localise(a, scratch) for a in argv]
@@ -414,6 +421,10 @@ def test_readme_commands_run(tmp_path):
                 skipped.append(f"{command}  [skipped: {reason}]")
                 continue
             argv, t0 = list(command.argv), time.monotonic()
+            command_env = dict(env)
+            while argv and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", argv[0]) and len(argv) > 1:  # VAR=value cmd
+                key, _, value = argv.pop(0).partition("=")
+                command_env[key] = localise(value, scratch)
             if argv[0] == "export":
                 for item in argv[1:]:
                     key, _, value = item.partition("=")
@@ -425,9 +436,11 @@ def test_readme_commands_run(tmp_path):
                     skipped.append(f"{command}  [skipped: .venv was not installed by `make install`, so make would "
                                    f"pip install first (network)]")
                     continue
-                why = run_make(argv, scratch, env, index)
+                # the Makefile's recipe (make -n), with the tiny settings in ARGS, run in the warm interpreter
+                tiny = [*TRAIN_TINY, *SYNTHETIC_TINY, *BACKBONE_TINY["okd.models.segnet"], f"hydra.run.dir=runs/{index}"]
+                why = run(make_recipe(argv, tiny), index, command_env)
             elif argv[0] == "python":
-                why = run(argv[1:], index)
+                why = run(argv[1:], index, command_env)
             else:
                 why = ("not a command this test knows how to run: run it (python ..., make run, export) or add it "
                        "to SKIP in tests/test_readme.py with the reason")
@@ -439,13 +452,13 @@ def test_readme_commands_run(tmp_path):
                           f"SKIP in tests/test_readme.py with the reason):\n\n" + "\n\n".join(failures))
 
 
-def run_make(argv: list[str], scratch: Path, env: dict[str, str], index: int) -> str | None:
-    """``make run``: the Makefile's own command, with the tiny settings in ARGS."""
-    args = [*TRAIN_TINY, *SYNTHETIC_TINY, *BACKBONE_TINY["okd.models.segnet"], f"hydra.run.dir={scratch}/runs/{index}"]
-    extra = [a for a in argv[2:]]
-    since = time.time() - 1
-    proc = subprocess.run(["make", "-s", "-C", str(ROOT), *extra, "run", f"ARGS={' '.join(args)}"], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
-    if proc.returncode != 0:
-        return f"exit status {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}"
-    return check_outputs({"kind": "train", "multirun": False}, scratch, since, proc.stdout)
+def make_recipe(argv: list[str], args: list[str]) -> list[str]:
+    """What ``make <targets> ARGS=...`` would run (``make -n``): one ``python run.py ...`` line, as argv after
+    the interpreter (``["run.py", ...]``)."""
+    proc = subprocess.run(["make", "-s", "-n", "-C", str(ROOT), *argv[1:], f"ARGS={' '.join(args)}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.match(r"^\S*python3? run\.py ", lines[0]), \
+        f"{' '.join(argv)}: expected make to run one `python run.py ...` line, got {lines}"
+    return shlex.split(lines[0])[1:]
