@@ -8,7 +8,8 @@ real NYUv2/Cityscapes layouts (okd.data.synthetic.write_layout; raw Cityscapes P
 tests/test_prepare.py), and small settings appended so that it takes about a second:
 
 * ``python run.py`` (training): 1 epoch, tiny images and splits, the smallest network of its family,
-  batch 2, 1 thread, no workers, ``logger=none``, OKD's teachers 1 warm-up epoch (single runs); a run dir under ``runs/`` unless the command names one;
+  batch 2, 1 thread, no workers, ``logger=none``, OKD's teachers 1 warm-up epoch (single runs); only for
+  the keys the command does not set itself (``trainer.batch_size=0`` stays bad input); a run dir under ``runs/`` unless the command names one;
   ``-m`` sweeps are **shrunk** (:func:`shrink_value`): a seed list keeps its first seed, an ``experiment``
   list its single-task presets, its KD-MTL presets (which need those as teachers) and one other, any other list
   its first two values; a ready sweep (``+sweep=``) gets its own lists shrunk the same way on the command
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.warm_python import WarmPython
 
@@ -256,8 +258,6 @@ def run_py_args(args: list[str], scratch: Path, env: dict[str, str], index: int)
         extra = list(TRAIN_TINY)
         if cfg.dataset._target_ == "okd.data.synthetic.build":
             extra += SYNTHETIC_TINY
-        if override_value(overrides, "dataset.resize_to") is not None:
-            extra.append("dataset.resize_to=[32,64]")
         target = str(cfg.backbone._target_)
         tiny = BACKBONE_TINY.get(target) or BACKBONE_TINY.get(target.rsplit(".", 1)[0])
         assert tiny is not None, f"no tiny settings for backbone {target} in tests/test_readme.py BACKBONE_TINY"
@@ -268,13 +268,17 @@ def run_py_args(args: list[str], scratch: Path, env: dict[str, str], index: int)
             extra.append("kd.warmup_epochs=1")  # OKD's teachers: 1 warm-up epoch, not 5
         if multirun and OmegaConfSelect(cfg, "hydra.sweeper.n_trials") is not None:
             extra.append("hydra.sweeper.n_trials=2")
+    # what the command sets itself stays: the tiny settings only fill in the rest
+    given = {a.split("=", 1)[0].lstrip("+~") for a in overrides}
+    extra = [e for e in extra if e.split("=", 1)[0].lstrip("+~") not in given]
     named = any(a.split("=", 1)[0] in ("hydra.run.dir", "hydra.sweep.dir") for a in overrides)
     sweep_file = any(a.startswith("+sweep=") for a in overrides)
     if multirun and not named and not sweep_file:
         extra.append(f"hydra.sweep.dir=runs/{index}")
     elif not multirun and not named and not sweep_file:
         extra.append(f"hydra.run.dir=runs/{index}")
-    expect = {"kind": mode, "multirun": multirun}
+    epochs = override_value(overrides, "trainer.epochs")
+    expect = {"kind": mode, "multirun": multirun, "epochs": int(epochs) if epochs and epochs.isdigit() else 1}
     return args + extra, expect
 
 
@@ -312,8 +316,9 @@ def check_outputs(expect: dict, scratch: Path, since: float, output: str) -> str
             return "wrote no summary.json"
         for path in summaries:
             summary = json.loads(path.read_text())
-            if summary.get("epochs") != 1:
-                return f"{path}: epochs {summary.get('epochs')!r}, expected 1 (the tiny settings did not apply)"
+            if summary.get("epochs") != expect.get("epochs", 1):
+                return (f"{path}: epochs {summary.get('epochs')!r}, expected {expect.get('epochs', 1)} (the tiny settings "
+                        f"did not apply)")
         return None
     if kind == "eval":
         return None if new_files(scratch, "eval.json", since) else "wrote no eval.json"
@@ -371,85 +376,131 @@ def test_tiny_settings_rewrite():
     assert localise("${TORCH_HOME:-~/.cache/torch}/hub", scratch) == "${TORCH_HOME:-~/.cache/torch}/hub"
 
 
-def test_readme_commands_run(tmp_path):
-    """Each README command runs (status 0, its outputs written) or is on SKIP; failures are listed together."""
-    scratch = tmp_path
-    write_data(scratch)
-    write_photos(scratch / "photos")
+@dataclass
+class Outcome:
+    ran: list[str]
+    skipped: list[str]
+    failures: list[str]
+
+
+def run_readme(readme: Path, scratch: Path, py: WarmPython) -> Outcome:
+    """Run every command of ``readme`` in ``scratch`` with the warm interpreter ``py`` (see the module
+    docstring); what ran, what was skipped and why, what failed and why."""
+    commands = readme_commands(readme)
+    scratch.mkdir(parents=True, exist_ok=True)
+    if any("/data/" in c.text for c in commands):
+        write_data(scratch)
+    if any("photos/" in c.text for c in commands):
+        write_photos(scratch / "photos")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OKD_NYUV2_ROOT", "OKD_CITYSCAPES_ROOT"))}
     env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"})
     env.pop("PYTEST_CURRENT_TEST", None)
-    failures, ran, skipped = [], [], []
-    started = time.monotonic()
-    with WarmPython(logs=tmp_path / ".logs") as py:
-        def run(argv: list[str], index: int, env: dict[str, str] = env) -> str | None:
-            """Run one command; None when it passed, else why not."""
-            expect: dict = {"kind": "print"}
-            argv = [localise(a, scratch) for a in argv]
-            if argv[0] == "run.py":
-                try:
-                    argv, expect = run_py_args(argv[1:], scratch, env, index)
-                except Exception as err:  # noqa: BLE001  (Hydra refuses to compose it: reported with the command)
-                    return f"cannot compose its config to choose the tiny settings: {type(err).__name__}: {err}"
-                argv = [str(ROOT / "run.py"), *argv]
-            elif argv[0] == "-m":
-                module = argv[1]
-                tiny = [t.format(scratch=scratch) for t in TOOL_TINY.get(module, [])]
-                if module == "okd.bench" and "--methods" not in argv:
-                    tiny += BENCH_METHODS
-                argv = [*argv, *tiny]
-                expect = {"kind": "report" if module == "okd.report" else "print"}
-                for option, pattern in (("--out", "*.npy"), ("--json", "")):
-                    if option in argv and module != "okd.report":  # the last one counts (argparse)
-                        expect = {"kind": "file", "path": scratch / argv[len(argv) - 1 - argv[::-1].index(option) + 1],
-                                  "pattern": pattern}
-            since = time.time() - 1
-            result = py.run(argv, cwd=scratch, env=env, timeout=TIMEOUT_S)
-            if result.timed_out:
-                return f"did not finish in {TIMEOUT_S} s"
-            if result.returncode != 0:
-                return f"exit status {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}"
-            return check_outputs(expect, scratch, since, result.stdout + result.stderr)
+    out = Outcome([], [], [])
 
-        for n, (_, argv) in enumerate(FIXTURES):
+    def run(argv: list[str], index: int, env: dict[str, str] = env) -> str | None:
+        """Run one command; None when it passed, else why not."""
+        expect: dict = {"kind": "print"}
+        argv = [localise(a, scratch) for a in argv]
+        if argv[0] == "run.py":
+            try:
+                argv, expect = run_py_args(argv[1:], scratch, env, index)
+            except Exception as err:  # noqa: BLE001  (Hydra refuses to compose it: reported with the command)
+                return f"cannot compose its config to choose the tiny settings: {type(err).__name__}: {err}"
+            argv = [str(ROOT / "run.py"), *argv]
+        elif argv[0] == "-m":
+            module = argv[1]
+            tiny = [t.format(scratch=scratch) for t in TOOL_TINY.get(module, [])]
+            if module == "okd.bench" and "--methods" not in argv:
+                tiny += BENCH_METHODS
+            argv = [*argv, *tiny]
+            expect = {"kind": "report" if module == "okd.report" else "print"}
+            for option, pattern in (("--out", "*.npy"), ("--json", "")):
+                if option in argv and module != "okd.report":  # the last one counts (argparse)
+                    expect = {"kind": "file", "path": scratch / argv[len(argv) - 1 - argv[::-1].index(option) + 1],
+                              "pattern": pattern}
+        since = time.time() - 1
+        result = py.run(argv, cwd=scratch, env=env, timeout=TIMEOUT_S)
+        if result.timed_out:
+            return f"did not finish in {TIMEOUT_S} s"
+        if result.returncode != 0:
+            return f"exit status {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}"
+        return check_outputs(expect, scratch, since, result.stdout + result.stderr)
+
+    for n, (path, argv) in enumerate(FIXTURES):  # only those the commands use
+        if any(path in c.text for c in commands):
             why = run(list(argv), 1000 + n)
             assert why is None, f"tests/test_readme.py FIXTURES {argv}: {why}"
 
-        for index, command in enumerate(readme_commands()):
-            reason = skip_reason(command)
-            if reason:
-                skipped.append(f"{command}  [skipped: {reason}]")
+    for index, command in enumerate(commands):
+        reason = skip_reason(command)
+        if reason:
+            out.skipped.append(f"{command}  [skipped: {reason}]")
+            continue
+        argv, t0 = list(command.argv), time.monotonic()
+        command_env = dict(env)
+        while argv and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", argv[0]) and len(argv) > 1:  # VAR=value cmd
+            key, _, value = argv.pop(0).partition("=")
+            command_env[key] = localise(value, scratch)
+        if argv[0] == "export":
+            for item in argv[1:]:
+                key, _, value = item.partition("=")
+                env[key] = localise(value, scratch)
+            out.ran.append(str(command))
+            continue
+        if argv[:2] == ["make", "run"]:
+            if subprocess.run(["make", "-q", "-C", str(ROOT), "install"], capture_output=True).returncode != 0:
+                out.skipped.append(f"{command}  [skipped: .venv was not installed by `make install`, so make "
+                                   f"would pip install first (network)]")
                 continue
-            argv, t0 = list(command.argv), time.monotonic()
-            command_env = dict(env)
-            while argv and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", argv[0]) and len(argv) > 1:  # VAR=value cmd
-                key, _, value = argv.pop(0).partition("=")
-                command_env[key] = localise(value, scratch)
-            if argv[0] == "export":
-                for item in argv[1:]:
-                    key, _, value = item.partition("=")
-                    env[key] = localise(value, scratch)
-                ran.append(str(command))
-                continue
-            if argv[:2] == ["make", "run"]:
-                if subprocess.run(["make", "-q", "-C", str(ROOT), "install"], capture_output=True).returncode != 0:
-                    skipped.append(f"{command}  [skipped: .venv was not installed by `make install`, so make would "
-                                   f"pip install first (network)]")
-                    continue
-                # the Makefile's recipe (make -n), with the tiny settings in ARGS, run in the warm interpreter
-                tiny = [*TRAIN_TINY, *SYNTHETIC_TINY, *BACKBONE_TINY["okd.models.segnet"], f"hydra.run.dir=runs/{index}"]
-                why = run(make_recipe(argv, tiny), index, command_env)
-            elif argv[0] == "python":
-                why = run(argv[1:], index, command_env)
-            else:
-                why = ("not a command this test knows how to run: run it (python ..., make run, export) or add it "
-                       "to SKIP in tests/test_readme.py with the reason")
-            (failures.append(f"{command}\n  {why}") if why else ran.append(f"{command}  [{time.monotonic() - t0:.1f} s]"))
-    elapsed = time.monotonic() - started
-    print(f"\n{len(ran)} README commands ran, {len(skipped)} skipped, in {elapsed:.0f} s")
-    print("\n".join(["ran:", *ran, "skipped:", *skipped]))
-    assert not failures, (f"{len(failures)} README command(s) failed (fix the command or the code, or add it to "
-                          f"SKIP in tests/test_readme.py with the reason):\n\n" + "\n\n".join(failures))
+            # the Makefile's recipe (make -n), with the tiny settings in ARGS, run in the warm interpreter
+            tiny = [*TRAIN_TINY, *SYNTHETIC_TINY, *BACKBONE_TINY["okd.models.segnet"], f"hydra.run.dir=runs/{index}"]
+            why = run(make_recipe(argv, tiny), index, command_env)
+        elif argv[0] == "python":
+            why = run(argv[1:], index, command_env)
+        else:
+            why = ("not a command this test knows how to run: run it (python ..., make run, export) or add it "
+                   "to SKIP in tests/test_readme.py with the reason")
+        if why:
+            out.failures.append(f"{command}\n  {why}")
+        else:
+            out.ran.append(f"{command}  [{time.monotonic() - t0:.1f} s]")
+    return out
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    with WarmPython(logs=tmp_path_factory.mktemp("warm-python-logs")) as py:
+        yield py
+
+
+def test_readme_commands_run(tmp_path, warm):
+    """Each README command runs (status 0, its outputs written) or is on SKIP; failures are listed together."""
+    started = time.monotonic()
+    out = run_readme(README, tmp_path, warm)
+    print(f"\n{len(out.ran)} README commands ran, {len(out.skipped)} skipped, in {time.monotonic() - started:.0f} s")
+    print("\n".join(["ran:", *out.ran, "skipped:", *out.skipped]))
+    assert not out.failures, (f"{len(out.failures)} README command(s) failed (fix the command or the code, or add "
+                              f"it to SKIP in tests/test_readme.py with the reason):\n\n" + "\n\n".join(out.failures))
+    assert len(out.ran) >= 30, out.ran
+
+
+def test_a_new_failing_or_unknown_command_fails_the_test(tmp_path, warm):
+    """What a README added later gets: its commands run; one that fails, or one this test cannot run and SKIP
+    does not name, is reported (with the reason); a skipped one is listed with its reason."""
+    readme = tmp_path / "README.md"
+    readme.write_text("```bash\n"
+                      "python run.py --cfg job                 # passes\n"
+                      "python run.py trainer.batch_size=0      # bad input: status 2\n"
+                      "frobnicate --all                        # not a command the test knows\n"
+                      "torchrun --standalone --nproc_per_node=4 run.py   # on SKIP\n"
+                      "```\n")
+    out = run_readme(readme, tmp_path / "scratch", warm)
+    assert [r.split("  [")[0] for r in out.ran] == ["README.md:2: python run.py --cfg job"], out
+    assert len(out.skipped) == 1 and "torchrun" in out.skipped[0] and "test_distributed.py" in out.skipped[0]
+    assert len(out.failures) == 2, out.failures
+    assert "trainer.batch_size=0" in out.failures[0] and "exit status 2" in out.failures[0]
+    assert "trainer.batch_size must be a positive integer" in out.failures[0]
+    assert out.failures[1].startswith("README.md:4: frobnicate --all") and "add it to SKIP" in out.failures[1]
 
 
 def make_recipe(argv: list[str], args: list[str]) -> list[str]:
