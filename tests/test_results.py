@@ -110,7 +110,9 @@ def test_selections_and_deltas_numbers(tmp_path):
     flat = run_summary.flat(summary)
     assert flat == run_summary.flat(summary.to_dict())  # the W&B flat form from the object or its dict
     assert flat["delta_m/last"] == expected["delta_m"] and flat["best/epoch"] == 1
-    assert flat["delta_base"] == summary.delta.base.source and flat["last/test/segmentation/miou"] == 42.5
+    assert flat["delta_base"] == summary.delta.base.source and flat["delta_base_kind"] == "teachers"
+    assert flat["last/test/segmentation/miou"] == 42.5
+    assert "delta_base_kind" not in run_summary.flat(OLD) and run_summary.flat(OLD)["delta_m/best"] == 2.5
 
 
 #: a summary.json as okd wrote it before okd/results.py (no schema, no base kind, a base without teachers)

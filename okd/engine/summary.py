@@ -126,6 +126,8 @@ def flat(summary: RunSummary | Mapping[str, Any]) -> dict[str, Any]:
                 out[f"{k}/{name}"] = v  # e.g. delta_m/best: W&B columns to compare runs by
     if delta.base is not None:
         out["delta_base"] = delta.base.source
+        if delta.base.kind is not None:  # teachers | stl_runs | sweep | reference: a column to filter runs by
+            out["delta_base_kind"] = delta.base.kind
     out["num_parameters"] = summary.num_parameters
     out["epoch_time_s_mean"] = summary.epoch_time_s_mean
     return out
