@@ -344,7 +344,8 @@ def sweep_summary(root: Path, selection: str = "best") -> str:
 
 def sweep_report(root: Path, selection: str | None = None, wandb: dict[str, Any] | None | bool = True) -> Any:
     """The comparison report at the end of a multirun: ``okd.report`` over the sweep dir into
-    ``<root>/report/`` (report.md/.csv/.tex, deltas/curves .png/.pdf), its table printed, and, when the
+    ``<root>/report/`` (report.md/.csv/.tex, deltas/curves .png/.pdf; every Δ against the sweep's own
+    single-task runs when it has some: :func:`sweep_bases`), its table printed, and, when the
     sweep's jobs log to W&B, one W&B run of their group with the table and figures
     (okd/report_tracker.py). Never raises: a failure is one warning line on stderr (the jobs' results
     are in their folders; ``python -m okd.report <root>`` makes the report again). Returns the
@@ -363,7 +364,7 @@ def sweep_report(root: Path, selection: str | None = None, wandb: dict[str, Any]
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        report = rp.build_report([root], out, selection)
+        report = rp.build_report([root], out, selection, sweep_bases(root, selection))
         text = report.files["md"].read_text()
     except Exception as err:  # noqa: BLE001  (a report failure must not fail a sweep whose jobs succeeded)
         first = (str(err).strip().splitlines() or [""])[0]
@@ -384,6 +385,17 @@ def sweep_report(root: Path, selection: str | None = None, wandb: dict[str, Any]
             print(f"okd: warning: the report was not logged to W&B ({type(err).__name__}: {err}); it is in {out}",
                   file=sys.stderr, flush=True)
     return report
+
+
+def sweep_bases(root: Path, selection: str) -> list[Path]:
+    """The sweep's single-task runs when it also has multi-task runs: the one base of every row's Δm/Δp
+    (``okd.report --base-runs``), so that the table compares every method with the same single-task
+    networks; without it a run's own recorded base would win (OKD's: the teachers trained alongside)."""
+    from okd import report as rp
+
+    runs, _ = rp.find_runs([root], selection)
+    single = [run.path for run in runs if run.single_task]
+    return single if single and any(not run.single_task for run in runs) else []
 
 
 def report_table(markdown: str) -> str:

@@ -96,6 +96,11 @@ def test_the_multirun_ends_with_the_report_written_and_printed(basic):
     for method in methods:
         assert f"| {method} |" in printed
     assert (out / "report.md").read_text().startswith(launch.report_table((out / "report.md").read_text()))
+    # one base for every row: the sweep's own single-task runs (not OKD's teachers, not a run's recorded base)
+    assert sorted(launch.sweep_bases(sweep, "best")) == sorted(job(sweep, e) for e in TEACHERS)
+    assert "single-task runs given by --base-runs (synthetic, segnet: segmentation x1, depth x1, normal x1" in \
+        (out / "report.md").read_text()
+    assert launch.sweep_bases(job(sweep, "stl_depth"), "best") == []  # single-task runs only: no Δ to take
 
 
 def test_a_relaunch_skips_finished_jobs_and_redoes_unfinished_ones(basic):
@@ -134,14 +139,17 @@ def test_kdmtl_without_teachers_is_one_line_and_not_started(tmp_path):
     assert "experiment=stl_depth,seed=0" in lines[0] and "not a job of this sweep" in lines[0]
     sweep = tmp_path / "outputs" / "sweeps" / SWEEP
     assert not list(sweep.glob("*/summary.json")) and not list(sweep.glob("*kdmtl*"))
-    assert "no report for the sweep" in proc.stderr  # nothing to compare: one warning, not a traceback
+    assert "no report" not in proc.stderr  # no job finished: nothing to compare, and nothing more to say
 
 
 def test_a_report_failure_is_one_warning(tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    assert launch.sweep_report(tmp_path, wandb=False) is None  # no summary.json at all
+    (tmp_path / "run" / "summary.json").write_text("{}")  # a finished job, but a summary the report cannot use
+    assert launch.sweep_report(tmp_path, wandb=False) is None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"okd: warning: no report for the sweep in {tmp_path}")
+    assert launch.sweep_report(tmp_path / "run" / "nothing", wandb=False) is None  # no job finished: silent
+    assert capsys.readouterr().err == ""
 
 
 def test_the_report_logs_to_wandb_only_where_the_jobs_do():
