@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -289,11 +290,25 @@ def OmegaConfSelect(cfg, key):  # noqa: N802  (OmegaConf.select without importin
 
 
 # ------------------------------------------------------------------------------------------- checking
-def new_files(scratch: Path, name: str, since: float) -> list[Path]:
-    return [p for p in scratch.rglob(name) if p.stat().st_mtime >= since]
+def file_times(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` and its mtime (ns): what a command changed is the difference."""
+    times = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                times[path] = os.stat(path).st_mtime_ns
+            except FileNotFoundError:
+                pass
+    return times
 
 
-def check_outputs(expect: dict, scratch: Path, since: float, output: str) -> str | None:
+def new_files(folder: Path, pattern: str, before: dict[str, int]) -> list[Path]:
+    """Files matching ``pattern`` under ``folder`` that are new or rewritten since ``before`` (file_times)."""
+    return [p for p in folder.rglob(pattern) if p.is_file() and before.get(str(p)) != p.stat().st_mtime_ns]
+
+
+def check_outputs(expect: dict, scratch: Path, before: dict[str, int], output: str) -> str | None:
     """What a command that exited with 0 must have written; None when it did."""
     kind = expect["kind"]
     if kind == "print":
@@ -307,11 +322,11 @@ def check_outputs(expect: dict, scratch: Path, since: float, output: str) -> str
                 return "printed no end-of-sweep screen (`sweep <dir>: N job(s), N done ...`)"
             if int(screen.group(2)) == 0 or screen.group(2) != screen.group(3):
                 return f"not every job of the sweep is done: {screen.group(0)}"
-            jobs = [p.parent.parent for p in new_files(scratch, "overrides.yaml", since)]
+            jobs = [p.parent.parent for p in new_files(scratch, "overrides.yaml", before)]
             missing = [str(j) for j in jobs if not (j / "summary.json").is_file()]
             if missing:
                 return f"sweep jobs without summary.json: {missing}"
-        summaries = new_files(scratch, "summary.json", since)
+        summaries = new_files(scratch, "summary.json", before)
         if not summaries and not expect["multirun"]:
             return "wrote no summary.json"
         for path in summaries:
@@ -321,14 +336,15 @@ def check_outputs(expect: dict, scratch: Path, since: float, output: str) -> str
                         f"did not apply)")
         return None
     if kind == "eval":
-        return None if new_files(scratch, "eval.json", since) else "wrote no eval.json"
+        return None if new_files(scratch, "eval.json", before) else "wrote no eval.json"
     if kind == "predict":
-        return None if new_files(scratch, "*.npz", since) else "wrote no predictions/*.npz"
+        return None if new_files(scratch, "*.npz", before) else "wrote no predictions/*.npz"
     if kind == "report":
-        return None if new_files(scratch, "report.md", since) else "wrote no report.md"
+        return None if new_files(scratch, "report.md", before) else "wrote no report.md"
     if kind == "file":  # --out DIR (files matching pattern in it) or --json FILE
         path, pattern = expect["path"], expect["pattern"]
-        found = new_files(path, pattern, since) if pattern else [path] if path.is_file() and path.stat().st_mtime >= since else []
+        found = (new_files(path, pattern, before) if pattern else
+                 [path] if path.is_file() and before.get(str(path)) != path.stat().st_mtime_ns else [])
         return None if found else f"wrote nothing at {path}"
     return None
 
@@ -418,13 +434,13 @@ def run_readme(readme: Path, scratch: Path, py: WarmPython) -> Outcome:
                 if option in argv and module != "okd.report":  # the last one counts (argparse)
                     expect = {"kind": "file", "path": scratch / argv[len(argv) - 1 - argv[::-1].index(option) + 1],
                               "pattern": pattern}
-        since = time.time() - 1
+        before = file_times(scratch)
         result = py.run(argv, cwd=scratch, env=env, timeout=TIMEOUT_S)
         if result.timed_out:
             return f"did not finish in {TIMEOUT_S} s"
         if result.returncode != 0:
             return f"exit status {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}"
-        return check_outputs(expect, scratch, since, result.stdout + result.stderr)
+        return check_outputs(expect, scratch, before, result.stdout + result.stderr)
 
     for n, (path, argv) in enumerate(FIXTURES):  # only those the commands use
         if any(path in c.text for c in commands):
@@ -448,6 +464,9 @@ def run_readme(readme: Path, scratch: Path, py: WarmPython) -> Outcome:
             out.ran.append(str(command))
             continue
         if argv[:2] == ["make", "run"]:
+            if shutil.which("make") is None:
+                out.skipped.append(f"{command}  [skipped: make is not installed on this machine]")
+                continue
             if subprocess.run(["make", "-q", "-C", str(ROOT), "install"], capture_output=True).returncode != 0:
                 out.skipped.append(f"{command}  [skipped: .venv was not installed by `make install`, so make "
                                    f"would pip install first (network)]")
