@@ -88,9 +88,26 @@ def test_shared_and_task_parameters_follow_the_graph(name):
 def test_sum_of_losses_reaches_every_parameter(name):
     model, per_task = training_losses(name)
     sum(per_task).backward()
+    # a bias right before a training-mode batch norm is in the graph, but the norm subtracts the batch
+    # mean, so its exact gradient is 0 (what is computed is rounding noise, or exactly 0 on some CPUs)
+    zero_by_design = _biases_before_batch_norm(model)
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
-        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+        assert torch.isfinite(p.grad).all(), pname
+        if pname not in zero_by_design:
+            assert p.grad.abs().sum() > 0, pname
+
+
+def _biases_before_batch_norm(model: torch.nn.Module) -> set[str]:
+    """Names of the biases of layers directly followed by a BatchNorm in an nn.Sequential."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, torch.nn.Sequential):
+            layers = list(module.named_children())
+            for (name, layer), (_, after) in zip(layers, layers[1:]):
+                if isinstance(after, torch.nn.modules.batchnorm._BatchNorm) and getattr(layer, "bias", None) is not None:
+                    names.add(f"{prefix}.{name}.bias" if prefix else f"{name}.bias")
+    return names
 
 
 @pytest.mark.parametrize("name", NAMES)
