@@ -90,11 +90,13 @@ def stl_values_from_runs(run_dirs, selection: str = "best") -> dict[str, float]:
 
 
 def sweep_stl_values(run_dir, dataset: str, backbone: str | None, tasks, selection: str = "best") -> tuple[dict, list]:
-    """Single-task runs already finished in the same multirun (siblings of ``run_dir``)."""
-    values, used = {}, []
+    """Single-task runs already finished in the same multirun (siblings of ``run_dir``): per metric, the
+    mean over those runs (every seed of the sweep, as the comparison report averages them)."""
+    collected: dict[str, list[float]] = {}
+    used: list[str] = []
     parent = Path(run_dir).resolve().parent
     if not (parent / "multirun.yaml").is_file():
-        return values, used  # not a Hydra sweep: sibling dirs are unrelated runs (e.g. the same day's)
+        return {}, used  # not a Hydra sweep: sibling dirs are unrelated runs (e.g. the same day's)
     for path in sorted(parent.glob("*/summary.json")):
         if path.parent == Path(run_dir).resolve():
             continue
@@ -105,9 +107,11 @@ def sweep_stl_values(run_dir, dataset: str, backbone: str | None, tasks, selecti
         if (summary.single_task and summary.tasks[0] in tasks and summary.dataset == dataset
                 and summary.backbone == backbone and selection in summary.selection):
             task = summary.tasks[0]
-            values.update({k: v for k, v in summary.metrics(selection).items() if k.startswith(task + "/")})
+            for key, value in summary.metrics(selection).items():
+                if key.startswith(task + "/"):
+                    collected.setdefault(key, []).append(value)
             used.append(str(path.parent))
-    return values, used
+    return {key: sum(v) / len(v) for key, v in collected.items()}, used
 
 
 def resolve_base(*, run_dir, tasks, dataset: str, backbone: str | None, teacher_values: Mapping[str, float],

@@ -75,6 +75,19 @@ def test_resolve_base_kinds_in_order(tmp_path):
     assert resolve_base(**{**common, "backbone": "other"}, teacher_values={}, stl_runs=[], reference=None) is None
 
 
+def test_the_sweep_base_is_the_mean_over_the_seeds_of_its_single_task_runs(tmp_path):
+    """Two seeds of each single-task run in the sweep: the base is their mean, not the last one read."""
+    from okd.metrics import sweep_stl_values
+
+    for i, (task, metrics) in enumerate([("segmentation", {"segmentation/miou": 40.0}),
+                                         ("segmentation", {"segmentation/miou": 50.0}),
+                                         ("depth", {"depth/abs_err": 0.4}), ("depth", {"depth/abs_err": 0.6})]):
+        stl_run(tmp_path / "sweep" / str(i), task, metrics)
+    (tmp_path / "sweep" / "multirun.yaml").write_text("{}\n")
+    values, used = sweep_stl_values(tmp_path / "sweep" / "9", "synthetic", "segnet", ["segmentation", "depth"])
+    assert values == pytest.approx({"segmentation/miou": 45.0, "depth/abs_err": 0.5}) and len(used) == 4
+
+
 def test_stl_runs_that_are_not_single_task_runs_are_one_line_errors(tmp_path):
     from okd.metrics import stl_values_from_runs
 
