@@ -62,7 +62,8 @@ def test_teachers_learn_from_their_own_loss_only(tmp_path):
     bare, bare_losses = {}, []
     for t in ctx.tasks:
         model = copy.deepcopy(kd.teachers[t.name])
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
+        configured = kd.teacher_optimizers[t.name].param_groups[0]  # the student's lr by default
+        opt = torch.optim.Adam(model.parameters(), lr=configured["lr"], weight_decay=configured["weight_decay"])
         opt.zero_grad()
         loss = t.loss(model(images).predictions[t.name], targets[t.name])
         loss.backward()
