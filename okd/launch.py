@@ -364,7 +364,8 @@ def sweep_report(root: Path, selection: str | None = None, wandb: dict[str, Any]
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        report = rp.build_report([root], out, selection, sweep_bases(root, selection))
+        report = rp.build_report([root], out, selection, sweep_bases(root, selection),
+                                 base_origin="of this sweep")
         text = report.files["md"].read_text()
     except Exception as err:  # noqa: BLE001  (a report failure must not fail a sweep whose jobs succeeded)
         first = (str(err).strip().splitlines() or [""])[0]

@@ -419,8 +419,10 @@ class Report:
 
 
 def build_report(dirs: Sequence[str | Path], out: str | Path, selection: str = "best",
-                 base_runs: Sequence[str | Path] = ()) -> Report:
-    """Collect the runs under ``dirs``, compute every row, write md, csv, tex, png and pdf into ``out``."""
+                 base_runs: Sequence[str | Path] = (), base_origin: str = "given by --base-runs") -> Report:
+    """Collect the runs under ``dirs``, compute every row, write md, csv, tex, png and pdf into ``out``.
+    ``base_runs``: the single-task runs every row is compared with; ``base_origin``: where they came
+    from, as the report states it."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     runs, notes = find_runs(dirs, selection)
@@ -432,7 +434,7 @@ def build_report(dirs: Sequence[str | Path], out: str | Path, selection: str = "
         notes += given_notes
         if not any(r.single_task for r in given):
             raise ValueError(f"--base-runs: no single-task run under {list(map(str, base_runs))}")
-        bases = stl_bases(given, "given by --base-runs")
+        bases = stl_bases(given, base_origin)
     else:
         bases = stl_bases(runs, "found among the report's directories")
     rows = group_methods(runs)
@@ -799,10 +801,19 @@ def write_latex(report: Report, path: Path) -> Path:
 # Plots (matplotlib's object API with the Agg canvas: no pyplot, no global backend switch)
 # ---------------------------------------------------------------------------------------------
 #: Okabe-Ito colours (distinguishable with colour-vision deficiencies), line styles and markers;
-#: method i gets colour i % 8, line style i % 4 and marker i % 8, so neighbours differ in all three.
+#: method i gets colour i % 8 and, shifted by i // 8, line style and marker: neighbours differ in all three,
+#: and no two of the first 32 methods share colour and line style.
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def curve_style(i: int) -> tuple[str, str, str]:
+    """(colour, line style, marker) of the i-th method's curves."""
+    shift = i + i // len(COLOURS)
+    return COLOURS[i % len(COLOURS)], LINESTYLES[shift % len(LINESTYLES)], MARKERS[shift % len(MARKERS)]
+
+
 STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
          "legend.fontsize": 8, "figure.titlesize": 9, "figure.labelsize": 8, "pdf.fonttype": 42,
          "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.2, "lines.markersize": 3.5}
@@ -969,9 +980,9 @@ def figure_curves(report: Report):
             for j, (row, (epochs, means, stds)) in enumerate(zip(report.rows, panel)):
                 if not epochs:
                     continue
-                colour = COLOURS[j % len(COLOURS)]
-                (line,) = ax.plot(epochs, means, color=colour, linestyle=LINESTYLES[j % len(LINESTYLES)],
-                                  marker=MARKERS[j % len(MARKERS)], markevery=max(1, len(epochs) // 12),
+                colour, linestyle, marker = curve_style(j)
+                (line,) = ax.plot(epochs, means, color=colour, linestyle=linestyle,
+                                  marker=marker, markevery=max(1, len(epochs) // 12),
                                   label=row.label or row.name)
                 low = [m - s for m, s in zip(means, stds)]
                 high = [m + s for m, s in zip(means, stds)]

@@ -452,3 +452,11 @@ def test_methods_with_identical_numbers_get_a_note(tmp_path):
             "identical numbers (every metric of every seed)") in notes
     assert "DWA weights every task 1 in its first two epochs" in notes
     assert "uw" not in notes.split("## Runs")[0]
+
+
+def test_curve_styles_tell_up_to_32_methods_apart():
+    from okd.report import curve_style
+
+    styles = [curve_style(i) for i in range(32)]
+    assert len({(c, ls) for c, ls, _ in styles}) == 32  # colour and line style alone
+    assert all(len(set(a) & set(b)) == 0 for a, b in zip(styles, styles[1:]))  # neighbours differ in all three

@@ -98,7 +98,7 @@ def test_the_multirun_ends_with_the_report_written_and_printed(basic):
     assert (out / "report.md").read_text().startswith(launch.report_table((out / "report.md").read_text()))
     # one base for every row: the sweep's own single-task runs (not OKD's teachers, not a run's recorded base)
     assert sorted(launch.sweep_bases(sweep, "best")) == sorted(job(sweep, e) for e in TEACHERS)
-    assert "single-task runs given by --base-runs (synthetic, segnet: segmentation x1, depth x1, normal x1" in \
+    assert "single-task runs of this sweep (synthetic, segnet: segmentation x1, depth x1, normal x1" in \
         (out / "report.md").read_text()
     assert launch.sweep_bases(job(sweep, "stl_depth"), "best") == []  # single-task runs only: no Δ to take
 
