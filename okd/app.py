@@ -79,10 +79,10 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None,
         cfg, choices, overrides = _run_config(cfg, Path(run_dir), choices, overrides)
     trainer, ctx = build(cfg, run_dir, choices, overrides)
     if mode == "eval":
-        from okd.engine.evaluate import evaluate_checkpoint
+        from okd.engine.eval_predict import evaluate_checkpoint
         return evaluate_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("eval_split"), source=source)
     if mode == "predict":
-        from okd.engine.evaluate import predict_checkpoint
+        from okd.engine.eval_predict import predict_checkpoint
         return {"predictions": [str(p) for p in predict_checkpoint(trainer, ctx, cfg.get("ckpt"), cfg.get("input"))]}
     return trainer.fit(ctx)
 

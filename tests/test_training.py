@@ -255,7 +255,7 @@ def test_single_task_runs_of_the_same_sweep_become_the_base(tmp_path):
 
 
 def test_metric_comparison_identical_within_tolerance_or_different():
-    from okd.engine.evaluate import compare_metrics
+    from okd.engine.eval_predict import compare_metrics
 
     then = {"depth/abs_err": 0.5, "segmentation/miou": 40.0, "normal/within_11.25": 0.0, "x": float("nan")}
     assert compare_metrics(dict(then), then) == "identical"
