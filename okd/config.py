@@ -4,7 +4,7 @@ as ``python run.py <overrides>`` would compose it (tests, benchmarks and the swe
 Resolvers: ``okd_run_name`` and ``okd_group`` (W&B run names and groups), ``okd_now`` (one start time for every process of a DDP
 job), ``okd_subdir`` (a sweep job's folder, named after its overrides), ``okd_stl_runs`` (KD-MTL's
 teachers are the single-task runs of the same sweep) and ``okd_direction`` (the Optuna direction that
-matches ``trainer.monitor``). Nothing here imports torch at module level: run.py imports this module
+matches ``selection.monitor``). Nothing here imports torch at module level: run.py imports this module
 before Hydra parses the command line.
 """
 from __future__ import annotations

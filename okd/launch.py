@@ -309,7 +309,7 @@ def sweep_dir() -> Path | None:
 
 def sweep_summary(root: Path, selection: str = "best") -> str:
     """One screen for a sweep: every job folder under ``root`` with its status, the headline metric
-    (``trainer.monitor`` at the selected epoch), Δm where a base is known, and its folder."""
+    (``selection.monitor`` at the selected epoch), Δm where a base is known, and its folder."""
     import json
 
     from okd import report
@@ -338,7 +338,7 @@ def sweep_summary(root: Path, selection: str = "best") -> str:
             error = json.loads((job / JOB_STATUS).read_text()).get("error") or ""
             lines.append(f"  {'':<9} {error[:160]}")
     head = (f"sweep {root}: {len(jobs)} job(s), " + ", ".join(f"{n} {k}" for k, n in counts.items())
-            + f" (headline: trainer.monitor at the {selection} epoch; folders under {root})")
+            + f" (headline: selection.monitor at the {selection} epoch; folders under {root})")
     return "\n".join([head, *lines])
 
 
@@ -681,7 +681,7 @@ def _plain(value: Any) -> Any:
 def wandb_sweep(sweep: str, overrides: Sequence[str] = (), suffix: str = "") -> dict[str, Any]:
     """The W&B sweep config equivalent to ``python run.py -m +sweep=<sweep> <overrides>``: same grid
     (``method: grid``) or, for an Optuna sweep file, the same search space (``method: bayes`` on the
-    W&B summary key of ``trainer.monitor`` at the best epoch, ``run_cap`` = n_trials)."""
+    W&B summary key of ``selection.monitor`` at the best epoch, ``run_cap`` = n_trials)."""
     cfg = compose_sweep(sweep, overrides)
     parameters = {"+sweep": {"value": sweep}, **sweep_parameters(cfg, overrides)}
     grid = parameters.get("experiment", {})

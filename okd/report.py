@@ -398,7 +398,7 @@ class Report:
     shared: list[str] = field(default_factory=list)
     #: why runs have no Δ: reason -> the runs (said once, in the header of report.md)
     no_delta: dict[str, list[RunRecord]] = field(default_factory=dict)
-    #: ``trainer.monitor`` of the best-epoch selection (e.g. ``loss``), where recorded
+    #: ``selection.monitor`` of the best-epoch selection (e.g. ``loss``), where recorded
     monitor: str | None = None
     #: ``selection.last_n`` of ``last_n_mean`` (None when unknown or when the runs differ)
     last_n: int | None = None
