@@ -110,7 +110,12 @@ def _run_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None,
         return cfg, choices, overrides
     current_choices = dict(choices or {})
     saved_choices = saved.get("choices") or {}
-    result = run_config.resume(saved["config"], _job_config(cfg), overrides, saved.get("overrides") or [],
+    from okd.config import migrate_saved_config, moved_overrides
+
+    # a run started by an earlier okd: its model-selection keys where they live now
+    saved_config = migrate_saved_config(saved["config"])
+    saved_overrides = moved_overrides(saved.get("overrides") or [])[0]
+    result = run_config.resume(saved_config, _job_config(cfg), overrides, saved_overrides,
                                saved_choices, current_choices, package_of=_package_of)
     if result.conflicts:
         raise ResumeConflict(run_config.describe(result.conflicts, run_dir, saved_choices, current_choices))
@@ -188,7 +193,9 @@ def _with_checkpoint_config(cfg: DictConfig, overrides: list[str]) -> tuple[Dict
     if not ckpt or not Path(ckpt).is_file():
         return cfg, {}  # the mode reports the missing checkpoint itself
     state = load_checkpoint(Path(ckpt), mmap=True)
-    saved = state.get("config") or {}
+    from okd.config import migrate_saved_config
+
+    saved = migrate_saved_config(state.get("config") or {})  # an earlier okd's keys where they live now
     cfg = cfg.copy()
     for group in ("dataset", "backbone"):
         if group in saved:

@@ -159,6 +159,24 @@ def moved_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
     return out, notes
 
 
+def migrate_saved_config(config: dict) -> dict:
+    """A copy of a run config saved by an earlier okd (a checkpoint's) with the model-selection keys in
+    their home now: ``trainer.monitor: x`` becomes ``selection.monitor: x`` (a null value is dropped),
+    so that a resume or ``mode=eval`` of an older checkpoint builds as before."""
+    import copy
+
+    config = copy.deepcopy(config)
+    for old, new in MOVED_KEYS.items():
+        group, key = old.split(".")
+        node = config.get(group)
+        if isinstance(node, dict) and key in node:
+            value = node.pop(key)
+            selection = config.setdefault("selection", {"_target_": "okd.engine.selection.ModelSelection"})
+            if value is not None:
+                selection.setdefault(new.split(".")[1], value)
+    return config
+
+
 def null_group_error(args: Sequence[str]) -> str | None:
     """The one-line error for a config group set to null on the command line (``protocol=null``), which
     Hydra refuses with a traceback ("Config group override must be a string or a list"), naming the

@@ -105,3 +105,31 @@ def test_old_key_in_a_config_file_fails_naming_the_new_one(tmp_path):
         cfg.trainer.monitor = "loss"
     with pytest.raises(ValueError, match=r"trainer.monitor is now selection.monitor.*set selection.monitor: loss"):
         run(cfg, tmp_path)
+
+
+def _as_earlier_okd_wrote_it(checkpoint) -> None:
+    """Rewrite a checkpoint's saved config and overrides in the layout of okd before conf/selection/."""
+    import torch
+
+    state = torch.load(checkpoint, weights_only=True)
+    config = state["config"]
+    selection = config.pop("selection")
+    config["trainer"]["monitor"] = selection["monitor"]
+    config["dataset"]["select_split"] = selection["split"]
+    config["delta"].update(selection=selection["headline"], last_n=selection["last_n"])
+    state["overrides"] = [o.replace("selection.monitor", "trainer.monitor") for o in state["overrides"]]
+    torch.save(state, checkpoint)
+
+
+def test_a_run_of_an_earlier_okd_resumes_and_evaluates_with_its_selection(tmp_path):
+    """Checkpoints saved before model selection had its group: their old keys are moved where they
+    live now, so the resume keeps choosing by the run's own monitor, and mode=eval builds the model."""
+    run_dir = tmp_path / "run"
+    assert run_cli(tmp_path, *TINY, "trainer.epochs=1", "selection.monitor=depth/abs_err").returncode == 0
+    _as_earlier_okd_wrote_it(run_dir / "checkpoints" / "last.pt")
+    resumed = run_cli(tmp_path, *TINY, "trainer.epochs=1", "trainer.monitor=depth/abs_err", "trainer.resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["best"]["monitor"] == "depth/abs_err"
+    _as_earlier_okd_wrote_it(run_dir / "checkpoints" / "best.pt")
+    evaluated = run_cli(tmp_path, "mode=eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "logger=none")
+    assert evaluated.returncode == 0, evaluated.stderr
