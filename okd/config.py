@@ -153,7 +153,7 @@ def moved_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
         if new is None:
             out.append(arg)
             continue
-        out.append(f"{prefix.replace('+', '') if prefix.startswith('+') else prefix}{new}{sep}{value}")
+        out.append(f"{prefix.lstrip('+')}{new}{sep}{value}")  # the new key exists: no `+`
         notes.append(f"okd: {key[len(prefix):]} is now {new} (model selection has one config group, "
                      f"conf/selection/); using {new}{sep}{value}")
     return out, notes

@@ -183,7 +183,6 @@ def load_training_state(trainer: Any, state: dict[str, Any]) -> None:
     ctx.selection.load_state_dict(state)
     trainer.skipped_steps = int(state.get("skipped_steps", 0))
     trainer.recorder.truncate_after(state["epoch"])
-    trainer._in_epoch = state.get("in_epoch")  # a mid-epoch checkpoint: where that epoch continues
 
 
 def load_model_weights(ctx: Any, state: dict[str, Any], path: Path) -> None:

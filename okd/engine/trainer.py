@@ -339,6 +339,7 @@ class Trainer:
         the tracker's run id."""
         state = self.checkpoints.load_last(self.device)
         load_training_state(self, state)
+        self._in_epoch = state.get("in_epoch")  # a mid-epoch checkpoint: where that epoch continues
         if self.is_main:
             console.resuming(self.checkpoints.last, state)
         return state["epoch"] + 1, state.get("wandb_id")
