@@ -2,9 +2,10 @@
 DDP) and unpadded shards for evaluation."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from okd import distributed
@@ -29,3 +30,14 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, 
         # worker seeds (augmentation) come from this generator: a function of the run seed
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def batch_to_device(batch: Mapping[str, Tensor], task_names: Sequence[str], device: torch.device,
+                    channels_last: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+    """A loader's batch as (images, targets by task) on ``device`` (asynchronous copies from pinned
+    memory on CUDA)."""
+    nb = device.type == "cuda"
+    images = batch["image"].to(device, non_blocking=nb)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, {name: batch[name].to(device, non_blocking=nb) for name in task_names}

@@ -23,7 +23,7 @@ from okd.engine.checks import check_run, check_settings
 from okd.engine.context import RunContext
 from okd.engine.evaluation import evaluate_split
 from okd.engine.device import compile_forward, default_threads, place_model, select_device
-from okd.engine.loaders import make_loader
+from okd.engine.loaders import batch_to_device, make_loader
 from okd.engine.nan_policy import NanPolicy
 from okd.engine.optimizer import build_optimizer
 from okd.engine.panels import log_panels
@@ -328,11 +328,7 @@ class Trainer:
         return row
 
     def to_device(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        nb = self.device.type == "cuda"
-        images = batch["image"].to(self.device, non_blocking=nb)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, {t.name: batch[t.name].to(self.device, non_blocking=nb) for t in self.ctx.tasks}
+        return batch_to_device(batch, [t.name for t in self.ctx.tasks], self.device, self.channels_last)
 
     def _restore(self) -> tuple[int, str | None]:
         """Load last.pt into every part (okd/engine/checkpoint.py); returns the first epoch to run and

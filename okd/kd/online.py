@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from okd import distributed
 from okd.kd.afd import VARIANTS, AdaptiveFeatureDistillation, check_stages, default_stages, stage_key
 from okd.engine.evaluation import evaluate_split
+from okd.engine.loaders import batch_to_device
 from okd.kd.base import Distiller
 from okd.logging import console
 from okd.models.base import ModelOutput, MultiTaskModel
@@ -296,9 +297,7 @@ class OnlineDistillation(Distiller):
         return row
 
     def _to_device(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        nb = self.device.type == "cuda"
-        images = batch["image"].to(self.device, non_blocking=nb)
-        return images, {t.name: batch[t.name].to(self.device, non_blocking=nb) for t in self.tasks}
+        return batch_to_device(batch, [t.name for t in self.tasks], self.device)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
